@@ -1,0 +1,258 @@
+//! Workloads with exactly known behaviour, traced by the integration tests and the benchmark.
+//! Each subcommand does one thing a fixed number of times and exits.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+fn arg<T: std::str::FromStr>(args: &[String], i: usize, what: &str) -> T {
+    args.get(i)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("argument {i} ({what}) missing or invalid"))
+}
+
+fn futex(word: &AtomicU32, op: i32, val: u32) -> i64 {
+    // SAFETY: the word outlives the call; no timeout, no second address.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            op | libc::FUTEX_PRIVATE_FLAG,
+            val,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0,
+        )
+    }
+}
+
+/// N threads park on one futex word for `ms` milliseconds, then are woken and joined.
+fn park(n: usize, ms: u64) {
+    let word = Arc::new(AtomicU32::new(0));
+    let parked = Arc::new(AtomicU32::new(0));
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let (word, parked) = (word.clone(), parked.clone());
+            std::thread::spawn(move || {
+                parked.fetch_add(1, Ordering::SeqCst);
+                while word.load(Ordering::SeqCst) == 0 {
+                    futex(&word, libc::FUTEX_WAIT, 0);
+                }
+            })
+        })
+        .collect();
+    while parked.load(Ordering::SeqCst) < n as u32 {
+        std::thread::yield_now();
+    }
+    std::thread::sleep(Duration::from_millis(ms));
+    word.store(1, Ordering::SeqCst);
+    futex(&word, libc::FUTEX_WAKE, i32::MAX as u32);
+    for h in handles {
+        h.join().expect("thread");
+    }
+}
+
+/// The sizes `mmap` maps: distinct, so the test can find each one in the trace.
+pub fn mmap_size(i: usize) -> usize {
+    (1 << 20) + i * (64 << 10)
+}
+
+/// K anonymous mappings of `mmap_size(i)` bytes, every page touched; the even ones unmapped.
+fn mmaps(k: usize) {
+    let mut maps = Vec::new();
+    for i in 0..k {
+        let len = mmap_size(i);
+        // SAFETY: anonymous private mapping, checked below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED, "mmap {len}");
+        // SAFETY: the mapping is `len` bytes, writable.
+        unsafe { std::ptr::write_bytes(p.cast::<u8>(), 1, len) };
+        maps.push((p, len));
+    }
+    for (i, (p, len)) in maps.into_iter().enumerate() {
+        if i % 2 == 0 {
+            // SAFETY: unmapping what we mapped.
+            assert_eq!(unsafe { libc::munmap(p, len) }, 0);
+        }
+    }
+}
+
+/// `steps` calls of sbrk(+bytes).
+fn brk(steps: usize, bytes: isize) {
+    for _ in 0..steps {
+        // SAFETY: growing the break; the memory is not used.
+        let r = unsafe { libc::sbrk(bytes) };
+        assert_ne!(r as isize, -1, "sbrk");
+    }
+}
+
+/// n waits of `ms` each in poll, ppoll, select and pselect6 (4n blocking waits), plus n
+/// zero-timeout calls of each (not waits).
+fn polls(n: usize, ms: u64) {
+    let ts = |ms: u64| libc::timespec {
+        tv_sec: (ms / 1000) as i64,
+        tv_nsec: ((ms % 1000) * 1_000_000) as i64,
+    };
+    let null = std::ptr::null_mut::<libc::c_void>();
+    for timeout in [ms, 0] {
+        for _ in 0..n {
+            let t = ts(timeout);
+            let mut tv = libc::timeval {
+                tv_sec: (timeout / 1000) as i64,
+                tv_usec: ((timeout % 1000) * 1000) as i64,
+            };
+            // Raw syscalls: glibc implements select() with pselect6, and the test wants each
+            // of the four calls exactly. No fds; valid timeouts.
+            unsafe {
+                libc::syscall(libc::SYS_poll, null, 0, timeout as i32);
+                libc::syscall(libc::SYS_ppoll, null, 0, &t, null, 8);
+                libc::syscall(libc::SYS_select, 0, null, null, null, &mut tv);
+                let t = ts(timeout);
+                libc::syscall(libc::SYS_pselect6, 0, null, null, null, &t, null);
+            }
+        }
+    }
+}
+
+/// `spawns` children that exec /bin/true (posix_spawn: clone with CLONE_VFORK) and `forks`
+/// plain fork()ed children that exit with code 3; then exits with code 7.
+fn children(spawns: usize, forks: usize) -> ! {
+    for _ in 0..spawns {
+        let st = std::process::Command::new("/bin/true")
+            .status()
+            .expect("spawn /bin/true");
+        assert!(st.success());
+    }
+    for _ in 0..forks {
+        // SAFETY: the child only calls _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            unsafe { libc::_exit(3) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+    }
+    std::process::exit(7)
+}
+
+/// Joins the cgroup directory given, then allocates and touches memory until killed.
+fn oom(cgroup_dir: &str) -> ! {
+    std::fs::write(
+        format!("{cgroup_dir}/cgroup.procs"),
+        std::process::id().to_string(),
+    )
+    .expect("joining the cgroup");
+    let mut hog: Vec<Vec<u8>> = Vec::new();
+    loop {
+        hog.push(vec![1u8; 4 << 20]);
+    }
+}
+
+/// Hot loops for the benchmark: `iters` calls, prints the mean ns per call.
+fn bench(what: &str, iters: u64) {
+    let word = AtomicU32::new(0);
+    let start = Instant::now();
+    for _ in 0..iters {
+        // SAFETY: each arm is a plain syscall with valid arguments.
+        unsafe {
+            match what {
+                "futex-wake" => {
+                    futex(&word, libc::FUTEX_WAKE, 1);
+                }
+                "ppoll0" => {
+                    let t = libc::timespec {
+                        tv_sec: 0,
+                        tv_nsec: 0,
+                    };
+                    libc::ppoll(std::ptr::null_mut(), 0, &t, std::ptr::null());
+                }
+                "brk0" => {
+                    libc::syscall(libc::SYS_brk, 0usize);
+                }
+                "mmap" => {
+                    let p = libc::mmap(
+                        std::ptr::null_mut(),
+                        4096,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                        -1,
+                        0,
+                    );
+                    libc::munmap(p, 4096);
+                }
+                "thread" => {
+                    std::thread::spawn(|| {}).join().expect("thread");
+                }
+                "getppid" => {
+                    libc::getppid();
+                }
+                _ => panic!("unknown bench loop {what}"),
+            }
+        }
+    }
+    let ns = start.elapsed().as_nanos() as f64 / iters as f64;
+    println!("{ns:.1}");
+}
+
+/// Holds n threads parked on a futex until stdin closes (for the collector-RSS benchmark).
+fn hold(n: usize) {
+    let word = Arc::new(AtomicU32::new(0));
+    let mut handles = Vec::new();
+    for _ in 0..n {
+        let word = word.clone();
+        handles.push(
+            std::thread::Builder::new()
+                .stack_size(64 << 10)
+                .spawn(move || {
+                    while word.load(Ordering::SeqCst) == 0 {
+                        futex(&word, libc::FUTEX_WAIT, 0);
+                    }
+                })
+                .expect("spawn"),
+        );
+    }
+    println!("ready");
+    let mut buf = String::new();
+    let _ = std::io::stdin().read_line(&mut buf);
+    word.store(1, Ordering::SeqCst);
+    futex(&word, libc::FUTEX_WAKE, i32::MAX as u32);
+    for h in handles {
+        let _ = h.join();
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("park") => park(arg(&args, 1, "threads"), arg(&args, 2, "ms")),
+        Some("mmap") => mmaps(arg(&args, 1, "count")),
+        Some("brk") => brk(arg(&args, 1, "steps"), arg(&args, 2, "bytes")),
+        Some("poll") => polls(arg(&args, 1, "count"), arg(&args, 2, "ms")),
+        Some("children") => children(arg(&args, 1, "spawns"), arg(&args, 2, "forks")),
+        Some("oom") => oom(&args[1]),
+        Some("bench") => bench(&args[1], arg(&args, 2, "iterations")),
+        Some("hold") => hold(arg(&args, 1, "threads")),
+        _ => {
+            eprintln!(
+                "usage: workload park N MS | mmap K | brk STEPS BYTES | poll N MS | \
+                 children SPAWNS FORKS | oom CGROUP_DIR | bench LOOP ITERS | hold N"
+            );
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Workloads (src/bin/workload.rs) and integration tests (tests/) for the tracer.

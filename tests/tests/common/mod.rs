@@ -1,0 +1,147 @@
+//! Helpers shared by the integration tests: run the real `tracer` binary as root on real
+//! workloads, and read back what it recorded.
+
+#![allow(dead_code)]
+
+use std::{
+    fs::File,
+    io::BufReader,
+    path::PathBuf,
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use tracer::{
+    events::{Event, decode},
+    model::ProcessSummary,
+    report::{self, Report},
+    tracefile::{Record, TraceReader},
+};
+
+pub fn require_root() {
+    // SAFETY: no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the integration tests load real eBPF programs and must run as root \
+         (use `cargo xtask test`, or run cargo test as root)"
+    );
+}
+
+/// The tracer binary of this build: next to the test's own `deps/` directory.
+pub fn tracer_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("TRACER_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir")
+        .join("tracer");
+    assert!(
+        bin.is_file(),
+        "{} not found: build it first (`cargo build -p tracer`, which `cargo xtask test` does)",
+        bin.display()
+    );
+    bin
+}
+
+pub fn workload() -> &'static str {
+    env!("CARGO_BIN_EXE_workload")
+}
+
+pub fn temp_path(name: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!("tracer-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir.join(format!("{}-{name}", N.fetch_add(1, Ordering::SeqCst)))
+}
+
+pub struct Traced {
+    pub status: i32,
+    pub out: Output,
+    pub path: PathBuf,
+    pub report: Report,
+    pub events: Vec<Event>,
+}
+
+impl Traced {
+    /// The process that ran the workload binary (the command, after its exec).
+    pub fn workload_proc(&self) -> &ProcessSummary {
+        let all: Vec<_> = self
+            .report
+            .processes
+            .iter()
+            .filter(|p| p.exe.as_deref().is_some_and(|e| e.ends_with("/workload")))
+            .collect();
+        assert_eq!(all.len(), 1, "one workload process expected: {all:#?}");
+        all[0]
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.out.stderr).into_owned()
+    }
+
+    pub fn events_of(&self, pid: u32) -> impl Iterator<Item = &Event> {
+        self.events.iter().filter(move |e| e.header().tgid == pid)
+    }
+}
+
+pub fn read_events(path: &PathBuf) -> Vec<Event> {
+    let f = File::open(path).expect("trace file");
+    let reader = TraceReader::new(BufReader::new(f)).expect("trace header");
+    reader
+        .filter_map(|r| match r.expect("record") {
+            Record::Event(b) => Some(decode(&b).expect("decodable event")),
+            Record::Meta(_) => None,
+        })
+        .collect()
+}
+
+pub fn read_report(path: &PathBuf) -> Report {
+    report::build(BufReader::new(File::open(path).expect("trace file"))).expect("report")
+}
+
+/// `tracer record -o <tmp> --sample-ms 100 <extra> -- <cmd>`.
+pub fn record(extra: &[&str], cmd: &[&str]) -> Traced {
+    require_root();
+    let path = temp_path("trace.trc");
+    let out = Command::new(tracer_bin())
+        .arg("record")
+        .arg("-o")
+        .arg(&path)
+        .args(["--sample-ms", "100"])
+        .args(extra)
+        .arg("--")
+        .args(cmd)
+        .output()
+        .expect("running tracer");
+    let status = out.status.code().unwrap_or(-1);
+    assert!(
+        path.is_file(),
+        "tracer wrote no file; stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = read_report(&path);
+    let events = read_events(&path);
+    let t = Traced {
+        status,
+        out,
+        path,
+        report,
+        events,
+    };
+    assert_eq!(
+        t.report.lost_events,
+        0,
+        "lost events; stderr:\n{}",
+        t.stderr()
+    );
+    assert!(
+        t.report.probes.iter().all(|p| p.attached),
+        "a probe failed to attach: {:#?}",
+        t.report.probes
+    );
+    t
+}

@@ -1,0 +1,221 @@
+//! The whole pipeline on real processes: kernel programs → ring buffer → collector → trace
+//! file → report, with exact counts for workloads whose behaviour is known.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+use tracer::events::Event;
+use tracer_common::{CLONE_VFORK, syscalls};
+
+const MS: u64 = 1_000_000;
+
+#[test]
+fn futex_parks_and_thread_lifecycle() {
+    // 4 threads parked 1.5 s on one futex word. --min-wait-ms 20 keeps the joins (short
+    // futex waits) out of the streamed waits.
+    let t = record(&["--min-wait-ms", "20"], &[workload(), "park", "4", "1500"]);
+    assert_eq!(t.status, 0, "{}", t.stderr());
+    let p = t.workload_proc();
+    assert_eq!(p.threads_created, 4);
+    assert_eq!(p.threads_exited, 4);
+    assert_eq!(p.threads_peak, 5);
+    assert_eq!(p.futex_parked_peak, 4, "{p:#?}");
+    assert_eq!(p.futex_waits, 4, "{p:#?}");
+    assert!(
+        (1500 * MS..4000 * MS).contains(&p.futex_park_max_ns),
+        "park max {} ns",
+        p.futex_park_max_ns
+    );
+    // The 4 parks are on the same futex word, by 4 different threads, with FUTEX_WAIT.
+    let waits: Vec<_> = t
+        .events_of(p.pid)
+        .filter_map(|e| match e {
+            Event::FutexWait(w) => Some(*w),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(waits.len(), 4);
+    assert!(waits.iter().all(|w| w.uaddr == waits[0].uaddr && w.op == 0));
+    let mut tids: Vec<u32> = waits.iter().map(|w| w.hdr.tid).collect();
+    tids.sort();
+    tids.dedup();
+    assert_eq!(tids.len(), 4);
+    assert!(!tids.contains(&p.pid), "the main thread does not park");
+    assert_eq!(p.exit_code, Some(0));
+    assert!(!p.killed);
+}
+
+#[test]
+fn mmap_munmap_and_rss() {
+    let k = 6;
+    let t = record(&[], &[workload(), "mmap", &k.to_string()]);
+    assert_eq!(t.status, 0, "{}", t.stderr());
+    let p = t.workload_proc();
+    let size = |i: usize| (1u64 << 20) + i as u64 * (64 << 10);
+    let mut maps: HashMap<u64, u32> = HashMap::new();
+    let mut unmaps: HashMap<u64, u32> = HashMap::new();
+    for e in t.events_of(p.pid) {
+        match e {
+            Event::Mmap(m) => *maps.entry(m.len).or_default() += 1,
+            Event::Munmap(m) => *unmaps.entry(m.len).or_default() += 1,
+            _ => {}
+        }
+    }
+    let total: u64 = (0..k).map(size).sum();
+    let unmapped: u64 = (0..k).step_by(2).map(size).sum();
+    for i in 0..k {
+        assert_eq!(maps.get(&size(i)), Some(&1), "mmap of {} bytes", size(i));
+        let expect = if i % 2 == 0 { Some(&1) } else { None };
+        assert_eq!(unmaps.get(&size(i)), expect, "munmap of {} bytes", size(i));
+    }
+    assert!(p.mmap_bytes >= total, "{} < {total}", p.mmap_bytes);
+    assert!(
+        p.munmap_bytes >= unmapped,
+        "{} < {unmapped}",
+        p.munmap_bytes
+    );
+    // Every page was touched: RSS went at least that high (1 MiB granule of slack).
+    assert!(
+        p.rss_peak_bytes + (2 << 20) >= total,
+        "rss peak {} < {total}",
+        p.rss_peak_bytes
+    );
+}
+
+#[test]
+fn brk_growth() {
+    let (steps, bytes) = (8u64, 256u64 << 10);
+    let t = record(
+        &[],
+        &[workload(), "brk", &steps.to_string(), &bytes.to_string()],
+    );
+    assert_eq!(t.status, 0, "{}", t.stderr());
+    let p = t.workload_proc();
+    let breaks: Vec<u64> = t
+        .events_of(p.pid)
+        .filter_map(|e| match e {
+            Event::Brk(b) => Some(b.addr),
+            _ => None,
+        })
+        .collect();
+    let exact_steps = breaks.windows(2).filter(|w| w[1] - w[0] == bytes).count() as u64;
+    assert!(
+        exact_steps >= steps,
+        "{exact_steps} steps of {bytes}: {breaks:x?}"
+    );
+    assert!(p.brk_growth_bytes >= steps * bytes);
+    assert!(p.brk_growth_bytes < steps * bytes + (4 << 20));
+}
+
+#[test]
+fn poll_and_select_waits() {
+    let (n, ms) = (3u64, 30u64);
+    let t = record(&[], &[workload(), "poll", &n.to_string(), &ms.to_string()]);
+    assert_eq!(t.status, 0, "{}", t.stderr());
+    let p = t.workload_proc();
+    assert_eq!(p.poll_waits, 4 * n, "zero-timeout calls must not count");
+    assert!(p.poll_wait_max_ns >= ms * MS);
+    let mut by_call: HashMap<u32, u64> = HashMap::new();
+    for e in t.events_of(p.pid) {
+        if let Event::PollWait(w) = e {
+            *by_call.entry(w.syscall).or_default() += 1;
+            assert!(w.hdr.ts_ns - w.start_ns >= ms * MS * 9 / 10);
+        }
+    }
+    for call in [
+        syscalls::POLL,
+        syscalls::PPOLL,
+        syscalls::SELECT,
+        syscalls::PSELECT6,
+    ] {
+        assert_eq!(by_call.get(&call), Some(&n), "{}", syscalls::name(call));
+    }
+    assert_eq!(p.futex_waits, 0, "polls are kept apart from futex parks");
+    let nonblocking = t.report.kernel_counters["poll_nonblocking"];
+    assert!(
+        nonblocking >= 4 * n,
+        "zero-timeout polls are counted: {nonblocking}"
+    );
+}
+
+#[test]
+fn fork_exec_and_exit_codes() {
+    let t = record(&[], &[workload(), "children", "3", "2"]);
+    assert_eq!(t.status, 7, "record returns the command's exit status");
+    let parent = t.workload_proc();
+    assert_eq!(parent.children_created, 5);
+    assert_eq!(parent.exit_code, Some(7));
+    let trues: Vec<_> = t
+        .report
+        .processes
+        .iter()
+        .filter(|p| p.exe.as_deref() == Some("/bin/true"))
+        .collect();
+    assert_eq!(trues.len(), 3, "{trues:#?}");
+    for p in &trues {
+        assert_eq!(p.ppid, parent.pid);
+        assert_eq!(p.comm, "true");
+        assert_eq!(p.exit_code, Some(0));
+        assert!(p.exited_ns.is_some());
+    }
+    let forked: Vec<_> = t
+        .report
+        .processes
+        .iter()
+        .filter(|p| p.ppid == parent.pid && p.exe.is_none())
+        .collect();
+    assert_eq!(forked.len(), 2, "{forked:#?}");
+    assert!(forked.iter().all(|p| p.exit_code == Some(3)));
+    let vforks = t
+        .events_of(parent.pid)
+        .filter(|e| matches!(e, Event::NewTask(n) if n.clone_flags & CLONE_VFORK != 0))
+        .count();
+    assert!(
+        vforks >= 3,
+        "posix_spawn children come from vfork-style clones"
+    );
+}
+
+#[test]
+fn report_json_has_the_documented_fields() {
+    let t = record(&[], &[workload(), "park", "2", "200"]);
+    let out = std::process::Command::new(tracer_bin())
+        .args(["report", "--format", "json"])
+        .arg(&t.path)
+        .output()
+        .expect("tracer report");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    for key in ["version", "lost_events", "processes"] {
+        assert!(doc.get(key).is_some(), "missing {key}");
+    }
+    let procs = doc["processes"].as_array().expect("array");
+    let w = procs
+        .iter()
+        .find(|p| p["exe"].as_str().is_some_and(|e| e.ends_with("/workload")))
+        .expect("workload in JSON");
+    for key in [
+        "pid",
+        "comm",
+        "cgroup",
+        "threads_created",
+        "threads_exited",
+        "threads_peak",
+        "futex_parked_peak",
+        "futex_park_max_ns",
+        "poll_waits",
+        "mmap_bytes",
+        "munmap_bytes",
+        "brk_growth_bytes",
+        "rss_peak_bytes",
+    ] {
+        assert!(w.get(key).is_some(), "process lacks {key}: {w}");
+    }
+    assert_eq!(w["threads_created"], 2);
+}

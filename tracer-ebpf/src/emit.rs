@@ -1,0 +1,149 @@
+//! Maps, globals and the helpers every program uses: filtering, headers, counters, emitting.
+
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_pid_tgid,
+        generated::{bpf_get_current_cgroup_id, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    },
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use tracer_common::{
+    EventHeader, EventKind,
+    maps::{
+        EVENTS_BYTES, RSS_LAST_MAX, RssLast, Stat, TRACED_MAX, WAITING_MAX, WAKEUP_THRESHOLD_BYTES,
+        WaitState,
+    },
+};
+
+// Sizes and eviction rules are documented next to the names in `tracer_common::maps`.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+#[map]
+pub static WAITING: HashMap<u32, WaitState> = HashMap::with_max_entries(WAITING_MAX, 0);
+#[map]
+pub static RSS_LAST: LruHashMap<u32, RssLast> = LruHashMap::with_max_entries(RSS_LAST_MAX, 0);
+#[map]
+pub static TRACED: HashMap<u32, u32> = HashMap::with_max_entries(TRACED_MAX, 0);
+/// The tgid that last exec'd on this CPU, until its first `brk(0)`: that query gives the new
+/// program's initial break, the baseline for heap growth. Every other `brk(0)` is only counted.
+/// Per CPU (exec does not migrate between the tracepoint and ld.so's first brk, bar rare
+/// preemption), one slot, overwritten by the next exec: no eviction needed.
+#[map]
+pub static EXEC_PENDING: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
+
+// Globals, set by the collector at load time (names in `tracer_common::maps::globals`).
+// Read through `read_volatile` so the compiler keeps the load instead of folding the default.
+#[unsafe(no_mangle)]
+static MIN_WAIT_NS: u64 = 1_000_000;
+#[unsafe(no_mangle)]
+static RSS_GRANULE: u64 = 1 << 20;
+#[unsafe(no_mangle)]
+static SELF_TGID: u32 = 0;
+#[unsafe(no_mangle)]
+static FILTER: u32 = 0;
+
+#[inline(always)]
+pub fn min_wait_ns() -> u64 {
+    unsafe { core::ptr::read_volatile(&MIN_WAIT_NS) }
+}
+
+#[inline(always)]
+pub fn rss_granule() -> i64 {
+    unsafe { core::ptr::read_volatile(&RSS_GRANULE) as i64 }
+}
+
+#[inline(always)]
+pub fn filtering() -> bool {
+    unsafe { core::ptr::read_volatile(&FILTER) != 0 }
+}
+
+/// Whether events of this tgid are wanted: never the collector's own; with a filter, only
+/// tgids in `TRACED`.
+#[inline(always)]
+pub fn traced(tgid: u32) -> bool {
+    if tgid == unsafe { core::ptr::read_volatile(&SELF_TGID) } {
+        return false;
+    }
+    !filtering() || unsafe { TRACED.get(&tgid).is_some() }
+}
+
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+pub fn pid_tgid() -> (u32, u32) {
+    let v = bpf_get_current_pid_tgid();
+    ((v >> 32) as u32, v as u32)
+}
+
+#[inline(always)]
+pub fn cgroup_id() -> u64 {
+    unsafe { bpf_get_current_cgroup_id() }
+}
+
+#[inline(always)]
+pub fn bump(stat: Stat) {
+    if let Some(p) = STATS.get_ptr_mut(stat as u32) {
+        // Per-CPU slot: no other CPU writes it, and a program is not preempted by itself.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn header(kind: EventKind, ts_ns: u64, tgid: u32, tid: u32) -> EventHeader {
+    EventHeader {
+        ts_ns,
+        cgroup_id: cgroup_id(),
+        tgid,
+        tid,
+        kind: kind as u16,
+        cpu: unsafe { bpf_get_smp_processor_id() } as u16,
+        _pad: 0,
+    }
+}
+
+/// Wake the collector only when enough is waiting; otherwise it drains on its own timer.
+#[inline(always)]
+fn submit_flags() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_THRESHOLD_BYTES {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+/// Copies `ev` into the ring buffer, or counts it lost.
+#[inline(always)]
+pub fn emit<T: Copy + 'static>(ev: &T) {
+    match EVENTS.reserve::<T>(0) {
+        Some(mut entry) => {
+            entry.write(*ev);
+            entry.submit(submit_flags());
+            bump(Stat::Submitted);
+        }
+        None => bump(Stat::Lost),
+    }
+}
+
+/// Reserves room for a `T` to fill in place (for events too big for the 512-byte stack to hold
+/// comfortably); counts it lost when the ring buffer is full.
+#[inline(always)]
+pub fn reserve<T: 'static>() -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<T>> {
+    let entry = EVENTS.reserve::<T>(0);
+    if entry.is_none() {
+        bump(Stat::Lost);
+    }
+    entry
+}
+
+#[inline(always)]
+pub fn submit<T: 'static>(entry: aya_ebpf::maps::ring_buf::RingBufEntry<T>) {
+    entry.submit(submit_flags());
+    bump(Stat::Submitted);
+}

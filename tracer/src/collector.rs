@@ -1,0 +1,506 @@
+//! The collection loop: drains the ring buffer, writes the trace file, feeds the model, and
+//! samples the kernel's blocked-thread map and counters at a fixed interval.
+//!
+//! Submits in the kernel do not wake us below a fill threshold (a wakeup costs ~2 µs on this
+//! kind of VM), so the loop drains on a short timer and on forced wakeups.
+
+use std::{
+    fs::File,
+    io::BufWriter,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::PathBuf,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, bail};
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
+use tracer_common::maps::Stat;
+
+use crate::{
+    cgroups::Cgroups,
+    events,
+    model::Model,
+    probes::{LoadConfig, Probes, wait_snapshot},
+    seed,
+    tracefile::{Meta, StartInfo, TraceWriter},
+};
+
+/// How often the ring buffer is drained when no wakeup comes.
+const DRAIN_EVERY: Duration = Duration::from_millis(10);
+
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    pub output: Option<PathBuf>,
+    pub duration: Option<Duration>,
+    pub pids: Vec<u32>,
+    pub command: Vec<String>,
+    pub min_wait: Duration,
+    pub rss_granule: u64,
+    pub sample_interval: Duration,
+    /// Called with the model after every sample (the live view).
+    pub print_every: Option<Duration>,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self {
+            output: None,
+            duration: None,
+            pids: Vec::new(),
+            command: Vec::new(),
+            min_wait: Duration::from_millis(1),
+            rss_granule: 1 << 20,
+            sample_interval: Duration::from_secs(1),
+            print_every: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Outcome {
+    /// The traced command's exit status as a shell would report it (128+signal if killed).
+    pub exit_code: Option<i32>,
+    pub events: u64,
+    pub lost: u64,
+    pub bytes: u64,
+    pub failed_probes: Vec<String>,
+}
+
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+struct Sink {
+    writer: Option<TraceWriter<BufWriter<File>>>,
+    path: Option<PathBuf>,
+}
+
+impl Sink {
+    fn meta(&mut self, m: &Meta) -> anyhow::Result<()> {
+        if let Some(w) = &mut self.writer {
+            w.meta(m).with_context(|| self.write_ctx())?;
+        }
+        Ok(())
+    }
+    fn event(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        if let Some(w) = &mut self.writer {
+            w.event(bytes).with_context(|| self.write_ctx())?;
+        }
+        Ok(())
+    }
+    fn flush(&mut self) -> anyhow::Result<()> {
+        if let Some(w) = &mut self.writer {
+            w.flush().with_context(|| self.write_ctx())?;
+        }
+        Ok(())
+    }
+    fn write_ctx(&self) -> String {
+        format!(
+            "writing the trace file {} failed (disk full?); what was written before is intact",
+            self.path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        )
+    }
+}
+
+/// State shared by the drain and sample steps.
+struct Session {
+    probes: Probes,
+    model: Model,
+    cgroups: Cgroups,
+    sink: Sink,
+    min_wait_ns: u64,
+    last_stats: Option<crate::probes::KernelStats>,
+}
+
+impl Session {
+    fn handle(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        let ev = match events::decode(bytes) {
+            Ok(ev) => ev,
+            Err(e) => {
+                self.model.host.undecodable += 1;
+                tracing::warn!("undecodable event from the kernel: {e}");
+                return Ok(());
+            }
+        };
+        let cg = ev.header().cgroup_id;
+        if !self.model.cgroup_known(cg) {
+            let path = self.cgroups.resolve(cg).unwrap_or_default();
+            self.sink.meta(&Meta::Cgroup {
+                id: cg,
+                path: path.clone(),
+            })?;
+            self.model.set_cgroup(cg, path);
+        }
+        self.sink.event(bytes)?;
+        self.model.apply(&ev);
+        Ok(())
+    }
+
+    fn drain(&mut self) -> anyhow::Result<()> {
+        // Collect first: the ring buffer item borrows the map, `handle` borrows self.
+        let mut batch: Vec<u8> = Vec::new();
+        let mut lens: Vec<usize> = Vec::new();
+        loop {
+            batch.clear();
+            lens.clear();
+            while let Some(item) = self.probes.events.next() {
+                batch.extend_from_slice(&item);
+                lens.push(item.len());
+                if lens.len() >= 4096 {
+                    break;
+                }
+            }
+            if lens.is_empty() {
+                return Ok(());
+            }
+            let mut off = 0;
+            for &len in &lens {
+                self.handle(&batch[off..off + len])?;
+                off += len;
+            }
+        }
+    }
+
+    fn sample(&mut self) -> anyhow::Result<()> {
+        let now = monotonic_ns();
+        let waits = wait_snapshot(self.probes.waiting().into_iter(), now, self.min_wait_ns);
+        self.model.apply_waits(now, &waits);
+        self.sink.meta(&Meta::Waits {
+            ts_ns: now,
+            processes: waits,
+        })?;
+        match self.probes.stats() {
+            Ok(stats) => {
+                let lost_before = self.last_stats.as_ref().map_or(0, |s| s.get(Stat::Lost));
+                if stats.get(Stat::Lost) > lost_before {
+                    tracing::warn!(
+                        "{} events lost in the kernel (ring buffer full) since the last sample",
+                        stats.get(Stat::Lost) - lost_before
+                    );
+                }
+                self.sink.meta(&Meta::Stats {
+                    ts_ns: now,
+                    counters: stats.to_map(),
+                })?;
+                self.last_stats = Some(stats);
+            }
+            Err(e) => tracing::warn!("reading kernel counters: {e}"),
+        }
+        self.model.compact();
+        self.sink.flush()
+    }
+}
+
+/// A child held before exec until the tracer has put it under trace, so that nothing it does
+/// is missed. The gate is a pipe the child blocks on between fork and exec. (std's
+/// `Command::spawn` cannot do this: it waits for the exec before returning the pid.)
+struct Gate {
+    write: OwnedFd,
+}
+
+struct Child {
+    pid: u32,
+}
+
+fn spawn_gated(cmd: &[String]) -> anyhow::Result<(Child, Gate)> {
+    use std::ffi::CString;
+    let args: Vec<CString> = cmd
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<_, _>>()
+        .context("the command has an argument with a NUL byte")?;
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let msg = format!("tracer: cannot run `{}`\n", cmd[0]);
+    let mut fds = [0; 2];
+    // SAFETY: valid out-array; O_CLOEXEC keeps the fds out of the exec'd program.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("creating the start gate pipe");
+    }
+    // SAFETY: fresh fds we own.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: the child only calls async-signal-safe functions (close, read, execvp, write,
+    // _exit) on memory prepared before the fork.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error()).context("fork");
+    }
+    if pid == 0 {
+        unsafe {
+            libc::close(write.as_raw_fd());
+            let mut b = 0u8;
+            // A byte or EOF (tracer gone): go on either way.
+            while libc::read(read.as_raw_fd(), (&mut b as *mut u8).cast(), 1) < 0
+                && *libc::__errno_location() == libc::EINTR
+            {}
+            libc::execvp(argv[0], argv.as_ptr());
+            libc::write(2, msg.as_ptr().cast(), msg.len());
+            libc::_exit(127);
+        }
+    }
+    drop(read);
+    Ok((Child { pid: pid as u32 }, Gate { write }))
+}
+
+impl Gate {
+    fn open(self) {
+        let b = 1u8;
+        // SAFETY: valid fd and buffer. A failure only means the child is already gone.
+        unsafe { libc::write(self.write.as_raw_fd(), (&b as *const u8).cast(), 1) };
+    }
+}
+
+impl Child {
+    /// Waits for the child on a blocking thread; resolves to its status as a shell reports it
+    /// (the exit code, or 128 + the signal that killed it).
+    fn wait(&self) -> tokio::task::JoinHandle<std::io::Result<i32>> {
+        let pid = self.pid as libc::pid_t;
+        tokio::task::spawn_blocking(move || {
+            let mut status = 0;
+            loop {
+                // SAFETY: valid out-pointer; the pid is our child.
+                let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+                if rc == pid {
+                    break;
+                }
+                let err = std::io::Error::last_os_error();
+                if err.raw_os_error() != Some(libc::EINTR) {
+                    return Err(err);
+                }
+            }
+            Ok(if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                128 + libc::WTERMSIG(status)
+            })
+        })
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Runs one tracing session until the duration ends, the command exits, or SIGINT/SIGTERM.
+/// `on_sample` is called with the model after every sample (the live view).
+pub async fn run(
+    opts: SessionOptions,
+    mut on_sample: impl FnMut(&Model, Duration),
+) -> anyhow::Result<Outcome> {
+    for &pid in &opts.pids {
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            bail!(
+                "--pid {pid}: no such process (no /proc/{pid}); check the pid, it may have exited"
+            );
+        }
+    }
+    let sink = match &opts.output {
+        Some(path) => {
+            let f = File::create(path).with_context(|| {
+                format!(
+                    "cannot create the trace file {}: check the directory exists and is writable",
+                    path.display()
+                )
+            })?;
+            Sink {
+                writer: Some(
+                    TraceWriter::new(BufWriter::with_capacity(1 << 20, f))
+                        .with_context(|| format!("writing {}", path.display()))?,
+                ),
+                path: Some(path.clone()),
+            }
+        }
+        None => Sink {
+            writer: None,
+            path: None,
+        },
+    };
+    let filter = !opts.pids.is_empty() || !opts.command.is_empty();
+    let cfg = LoadConfig {
+        min_wait_ns: opts.min_wait.as_nanos() as u64,
+        rss_granule: opts.rss_granule,
+        filter,
+    };
+    let probes = Probes::load(&cfg)?;
+    let failed_probes: Vec<String> = probes.failed().map(|p| p.name.clone()).collect();
+    let mut s = Session {
+        probes,
+        model: Model::new(100_000),
+        cgroups: Cgroups::new(),
+        sink,
+        min_wait_ns: cfg.min_wait_ns,
+        last_stats: None,
+    };
+    s.model.min_wait_ns = cfg.min_wait_ns;
+
+    let mut pids = opts.pids.clone();
+    for &pid in &pids {
+        s.probes
+            .trace_pid(pid)
+            .with_context(|| format!("adding pid {pid} to the kernel filter"))?;
+    }
+    let mut child = None;
+    if !opts.command.is_empty() {
+        let (c, gate) = spawn_gated(&opts.command)?;
+        let pid = c.pid;
+        s.probes
+            .trace_pid(pid)
+            .with_context(|| format!("adding pid {pid} to the kernel filter"))?;
+        pids.push(pid);
+        child = Some((c, gate, pid));
+    }
+
+    let start_ns = monotonic_ns();
+    let start_unix_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    s.sink.meta(&Meta::Start(StartInfo {
+        tracer_version: env!("CARGO_PKG_VERSION").to_owned(),
+        hostname: hostname(),
+        kernel: kernel_release(),
+        start_ns,
+        start_unix_ns,
+        command: opts.command.clone(),
+        pids: pids.clone(),
+        min_wait_ns: cfg.min_wait_ns,
+        rss_granule: cfg.rss_granule,
+        sample_interval_ms: opts.sample_interval.as_millis() as u64,
+        probes: s.probes.status.clone(),
+    }))?;
+    let mut seeds = seed::scan(filter.then_some(&opts.pids[..]), &s.cgroups);
+    // The command's process is still a fork of the tracer waiting at the gate: describe it
+    // as the new process it is about to become, not with the tracer's memory.
+    if let Some((_, _, pid)) = &child {
+        seeds.push(crate::tracefile::ProcessSeed {
+            pid: *pid,
+            ppid: std::process::id(),
+            comm: opts.command[0].clone(),
+            cgroup_id: seed::read(*pid, &s.cgroups).map_or(0, |s| s.cgroup_id),
+            tids: vec![*pid],
+            rss_bytes: 0,
+            brk: None,
+        });
+    }
+    for seed in &seeds {
+        s.model.seed(seed, start_ns);
+        if !s.model.cgroup_known(seed.cgroup_id) {
+            let path = s.cgroups.resolve(seed.cgroup_id).unwrap_or_default();
+            s.sink.meta(&Meta::Cgroup {
+                id: seed.cgroup_id,
+                path: path.clone(),
+            })?;
+            s.model.set_cgroup(seed.cgroup_id, path);
+        }
+        s.sink.meta(&Meta::Process(seed.clone()))?;
+    }
+    s.sink.flush()?;
+    tracing::info!(
+        processes = seeds.len(),
+        "tracing {}",
+        if filter {
+            "selected processes"
+        } else {
+            "host-wide"
+        }
+    );
+
+    let mut child_wait = match child {
+        Some((c, g, _)) => {
+            g.open();
+            Some(c.wait())
+        }
+        None => None,
+    };
+
+    // The ring buffer map's fd is readable when the kernel forces a wakeup.
+    // SAFETY: the fd belongs to `s.probes`, which outlives `rb` (dropped below, before it).
+    let mut rb = unsafe {
+        AsyncFd::register_with_interest(s.probes.events.as_raw_fd(), tokio::io::Interest::READABLE)
+    }
+    .context("registering the ring buffer with the event loop")?;
+    let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
+    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sample_tick = tokio::time::interval(opts.sample_interval);
+    sample_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let printing = opts.print_every.is_some();
+    let mut print_tick =
+        tokio::time::interval(opts.print_every.unwrap_or(Duration::from_secs(3600)));
+    print_tick.tick().await;
+    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
+    let started = Instant::now();
+
+    let (reason, exit_code) = loop {
+        tokio::select! {
+            guard = rb.readable_mut() => {
+                let mut guard = guard?;
+                s.drain()?;
+                guard.clear_ready();
+            }
+            _ = drain_tick.tick() => s.drain()?,
+            _ = sample_tick.tick() => { s.drain()?; s.sample()?; }
+            _ = print_tick.tick(), if printing => on_sample(&s.model, started.elapsed()),
+            _ = sigint.recv() => break ("interrupted (SIGINT)".to_owned(), None),
+            _ = sigterm.recv() => break ("terminated (SIGTERM)".to_owned(), None),
+            _ = async { tokio::time::sleep_until(deadline.expect("set")).await }, if deadline.is_some() => {
+                break ("duration elapsed".to_owned(), None);
+            }
+            status = async { child_wait.as_mut().expect("set").await }, if child_wait.is_some() => {
+                let code = status
+                    .context("the wait thread failed")?
+                    .context("waiting for the traced command")?;
+                break ("command exited".to_owned(), Some(code));
+            }
+        }
+    };
+    // The exit of the command happened after all its events were submitted: one last drain
+    // gets them all.
+    drop(rb);
+    s.drain()?;
+    s.sample()?;
+    let stats = s.probes.stats().unwrap_or_default();
+    let end_ns = monotonic_ns();
+    s.sink.meta(&Meta::End {
+        ts_ns: end_ns,
+        reason: reason.clone(),
+        exit_code,
+    })?;
+    s.sink.flush()?;
+    on_sample(&s.model, started.elapsed());
+    let lost =
+        stats.get(Stat::Lost) + stats.get(Stat::WaitMapFull) + stats.get(Stat::FilterMapFull);
+    let (events, bytes) = s
+        .sink
+        .writer
+        .as_ref()
+        .map_or((s.model.host.events, 0), |w| {
+            (w.events_written(), w.bytes_written())
+        });
+    tracing::info!(%reason, events, lost, "tracing stopped");
+    Ok(Outcome {
+        exit_code,
+        events,
+        lost,
+        bytes,
+        failed_probes,
+    })
+}

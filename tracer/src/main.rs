@@ -1,0 +1,228 @@
+//! The `tracer` command line: a thin clap layer over the library.
+
+use std::{fs::File, io::BufReader, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use tracer::{collector, escape, report};
+
+#[derive(Parser)]
+#[command(
+    name = "tracer",
+    version,
+    about = "Host-wide eBPF tracer of threads, futex/poll waits and memory, per process",
+    long_about = "Host-wide eBPF tracer of thread creation, futex parks, poll/select waits and \
+                  memory (mmap, brk, RSS, OOM kills), per process. Without a subcommand it runs \
+                  `live`. Needs root. Logs go to stderr; set RUST_LOG=debug for more."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(clap::Args, Clone)]
+struct TraceArgs {
+    /// Waits (futex, poll/select) shorter than this are counted in the kernel, not streamed.
+    #[arg(long, default_value_t = 1.0, value_name = "MS")]
+    min_wait_ms: f64,
+    /// How often blocked threads and kernel counters are sampled.
+    #[arg(long, default_value_t = 1000, value_name = "MS", value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    sample_ms: u64,
+    /// RSS changes smaller than this are not streamed.
+    #[arg(long, default_value_t = 1024, value_name = "KIB")]
+    rss_granule_kib: u64,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Trace the whole host and print the busiest processes every few seconds.
+    Live {
+        /// Also record everything to this trace file.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Stop after this many seconds.
+        #[arg(short, long, value_name = "SECS")]
+        duration: Option<f64>,
+        /// Seconds between tables.
+        #[arg(long, default_value_t = 2.0, value_name = "SECS")]
+        every: f64,
+        /// Rows per table.
+        #[arg(long, default_value_t = 20)]
+        rows: usize,
+        #[command(flatten)]
+        trace: TraceArgs,
+    },
+    /// Record a trace file: host-wide, of some pids, or of a command and its descendants.
+    Record {
+        /// The trace file to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Stop after this many seconds.
+        #[arg(short, long, value_name = "SECS")]
+        duration: Option<f64>,
+        /// Trace only this process (and the children it creates from now on). Repeatable.
+        #[arg(short, long = "pid", value_name = "PID")]
+        pids: Vec<u32>,
+        #[command(flatten)]
+        trace: TraceArgs,
+        /// Run this command, trace it and its descendants until it exits, and exit with its
+        /// status.
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Summarise a trace file.
+    Report {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Show every process with activity, not only the top 40.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+fn secs(v: Option<f64>, what: &str) -> anyhow::Result<Option<Duration>> {
+    match v {
+        None => Ok(None),
+        Some(s) if s.is_finite() && s > 0.0 => Ok(Some(Duration::from_secs_f64(s))),
+        Some(s) => bail!("{what} must be a positive number of seconds, got {s}"),
+    }
+}
+
+fn options(t: &TraceArgs) -> anyhow::Result<collector::SessionOptions> {
+    if !(t.min_wait_ms.is_finite() && t.min_wait_ms >= 0.0) {
+        bail!("--min-wait-ms must be 0 or more, got {}", t.min_wait_ms);
+    }
+    Ok(collector::SessionOptions {
+        min_wait: Duration::from_secs_f64(t.min_wait_ms / 1000.0),
+        sample_interval: Duration::from_millis(t.sample_ms),
+        rss_granule: t.rss_granule_kib * 1024,
+        ..Default::default()
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    let cmd = cli.cmd.unwrap_or(Cmd::Live {
+        output: None,
+        duration: None,
+        every: 2.0,
+        rows: 20,
+        trace: TraceArgs {
+            min_wait_ms: 1.0,
+            sample_ms: 1000,
+            rss_granule_kib: 1024,
+        },
+    });
+    match cmd {
+        Cmd::Live {
+            output,
+            duration,
+            every,
+            rows,
+            trace,
+        } => {
+            let mut opts = options(&trace)?;
+            opts.output = output;
+            opts.duration = secs(duration, "--duration")?;
+            opts.print_every = secs(Some(every), "--every")?;
+            eprintln!("tracing the whole host; Ctrl-C to stop");
+            let outcome = runtime()?.block_on(collector::run(opts, |model, elapsed| {
+                let live = report::live_rows(model);
+                let refs: Vec<_> = live.iter().collect();
+                println!(
+                    "--- {:.0}s: {} processes, {} threads live",
+                    elapsed.as_secs_f64(),
+                    model.live_processes(),
+                    model.live_threads()
+                );
+                print!("{}", report::render_table(&refs, rows));
+            }))?;
+            summarize(&outcome, None);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Record {
+            output,
+            duration,
+            pids,
+            trace,
+            command,
+        } => {
+            let mut opts = options(&trace)?;
+            opts.output = Some(output.clone());
+            opts.duration = secs(duration, "--duration")?;
+            opts.pids = pids;
+            opts.command = command;
+            let outcome = runtime()?.block_on(collector::run(opts, |_, _| {}))?;
+            summarize(&outcome, Some(&output));
+            Ok(match outcome.exit_code {
+                Some(c) => ExitCode::from(c.clamp(0, 255) as u8),
+                None => ExitCode::SUCCESS,
+            })
+        }
+        Cmd::Report { file, format, all } => {
+            let f = File::open(&file)
+                .with_context(|| format!("cannot open trace file {}", file.display()))?;
+            let r = report::build(BufReader::with_capacity(1 << 20, f))
+                .with_context(|| format!("reading trace file {}", file.display()))?;
+            if let Some(t) = &r.truncated {
+                eprintln!("tracer: warning: {}: {t}", file.display());
+            }
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+                Format::Text => print!(
+                    "{}",
+                    report::render_text(&r, if all { usize::MAX } else { 40 })
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn summarize(o: &collector::Outcome, path: Option<&PathBuf>) {
+    if let Some(p) = path {
+        eprintln!(
+            "tracer: wrote {} events ({} bytes) to {}",
+            o.events,
+            o.bytes,
+            escape::term(&p.display().to_string())
+        );
+    }
+    if o.lost > 0 {
+        eprintln!("tracer: WARNING: {} events were lost in the kernel", o.lost);
+    }
+    for p in &o.failed_probes {
+        eprintln!("tracer: WARNING: probe {p} was not attached: its events are missing");
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tracer: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

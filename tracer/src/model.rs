@@ -1,0 +1,567 @@
+//! The live model: host → process → thread, fed by decoded events and collector records.
+//!
+//! The same code runs live (in `record`) and offline (in `report`), so a file reads back to the
+//! numbers the live collector saw. Live processes and threads are kept in hash maps and removed
+//! when they exit; an exited process leaves only its fixed-size [`ProcessSummary`], and at most
+//! `max_finished` of those are kept (the count of dropped ones is reported).
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::Serialize;
+use tracer_common::{CLONE_THREAD, RSS_MEMBERS, RSS_SWAP};
+
+use crate::{
+    events::{Event, cstr},
+    tracefile::{ProcessSeed, WaitAggregate},
+};
+
+#[derive(Clone, Debug, Default)]
+struct Thread {
+    /// The tid that created this thread (None for threads seeded from /proc).
+    #[allow(dead_code)]
+    creator: Option<u32>,
+}
+
+/// What the report says about one process: all counters are over the traced interval.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct ProcessSummary {
+    pub pid: u32,
+    pub ppid: u32,
+    pub comm: String,
+    /// The last program exec'd during the trace, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    /// The cgroup path (cgroup v2), or `cgroup:<id>` when the path is unknown.
+    pub cgroup: String,
+    pub cgroup_id: u64,
+    /// Existed before tracing started.
+    pub seeded: bool,
+    pub first_seen_ns: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exited_ns: Option<u64>,
+    /// The code passed to exit/exit_group, when the process exited that way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The process ended without calling exit/exit_group: killed by a signal.
+    pub killed: bool,
+    pub oom_killed: bool,
+    pub threads_live: u32,
+    pub threads_created: u64,
+    pub threads_exited: u64,
+    pub threads_peak: u32,
+    pub children_created: u64,
+    pub execs: u64,
+    pub futex_parked_now: u32,
+    pub futex_parked_peak: u32,
+    pub futex_park_max_ns: u64,
+    pub futex_waits: u64,
+    pub poll_waiting_now: u32,
+    pub poll_waits: u64,
+    pub poll_wait_max_ns: u64,
+    pub mmap_calls: u64,
+    pub mmap_bytes: u64,
+    pub munmap_bytes: u64,
+    pub mremap_grow_bytes: u64,
+    pub mremap_shrink_bytes: u64,
+    pub brk_growth_bytes: u64,
+    pub brk_shrink_bytes: u64,
+    pub rss_bytes: u64,
+    pub rss_peak_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct Process {
+    sum: ProcessSummary,
+    threads: HashMap<u32, Thread>,
+    brk: Option<u64>,
+    rss: [i64; RSS_MEMBERS],
+    rss_known: bool,
+    exit_called: bool,
+}
+
+impl Process {
+    fn new(pid: u32, ts: u64) -> Self {
+        let mut p = Process::default();
+        p.sum.pid = pid;
+        p.sum.first_seen_ns = ts;
+        p.threads.insert(pid, Thread::default());
+        p.sum.threads_live = 1;
+        p.sum.threads_peak = 1;
+        p
+    }
+
+    fn add_thread(&mut self, tid: u32, creator: Option<u32>) {
+        self.threads.insert(tid, Thread { creator });
+        self.sum.threads_live = self.threads.len() as u32;
+        self.sum.threads_peak = self.sum.threads_peak.max(self.sum.threads_live);
+    }
+
+    fn set_rss(&mut self, member: usize, bytes: i64) {
+        self.rss[member] = bytes;
+        self.rss_known = true;
+        // RSS is file + anon + shmem; swap entries are not resident.
+        let total: i64 = (0..RSS_MEMBERS)
+            .filter(|&m| m != RSS_SWAP as usize)
+            .map(|m| self.rss[m].max(0))
+            .sum();
+        self.sum.rss_bytes = total as u64;
+        self.sum.rss_peak_bytes = self.sum.rss_peak_bytes.max(self.sum.rss_bytes);
+    }
+}
+
+/// Host-wide counters that belong to no process.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct HostCounters {
+    pub events: u64,
+    pub oom_kills: u64,
+    /// Events that could not be decoded (corrupt file, newer writer).
+    pub undecodable: u64,
+}
+
+pub struct Model {
+    procs: HashMap<u32, Process>,
+    finished: VecDeque<ProcessSummary>,
+    max_finished: usize,
+    pub finished_dropped: u64,
+    cgroups: HashMap<u64, String>,
+    /// mm_id → pid, learned from rss_stat events in the owning process.
+    mm_owner: HashMap<u32, u32>,
+    pub host: HostCounters,
+    pub last_ts: u64,
+    pub min_wait_ns: u64,
+}
+
+impl Model {
+    pub fn new(max_finished: usize) -> Self {
+        Self {
+            procs: HashMap::new(),
+            finished: VecDeque::new(),
+            max_finished,
+            finished_dropped: 0,
+            cgroups: HashMap::new(),
+            mm_owner: HashMap::new(),
+            host: HostCounters::default(),
+            last_ts: 0,
+            min_wait_ns: 0,
+        }
+    }
+
+    pub fn live_processes(&self) -> usize {
+        self.procs.len()
+    }
+
+    pub fn live_threads(&self) -> usize {
+        self.procs.values().map(|p| p.threads.len()).sum()
+    }
+
+    pub fn set_cgroup(&mut self, id: u64, path: String) {
+        self.cgroups.insert(id, path);
+    }
+
+    pub fn cgroup_known(&self, id: u64) -> bool {
+        self.cgroups.contains_key(&id)
+    }
+
+    fn cgroup_name(&self, id: u64) -> String {
+        self.cgroups
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| format!("cgroup:{id}"))
+    }
+
+    pub fn seed(&mut self, s: &ProcessSeed, ts: u64) {
+        let mut p = Process::new(s.pid, ts);
+        p.sum.ppid = s.ppid;
+        p.sum.comm = s.comm.clone();
+        p.sum.cgroup_id = s.cgroup_id;
+        p.sum.seeded = true;
+        for &tid in &s.tids {
+            p.add_thread(tid, None);
+        }
+        p.brk = s.brk;
+        p.sum.rss_bytes = s.rss_bytes;
+        p.sum.rss_peak_bytes = s.rss_bytes;
+        self.replace(s.pid, p, ts);
+    }
+
+    /// Puts `p` in the model, finishing any older process that held the pid (pid reuse whose
+    /// exit was lost).
+    fn replace(&mut self, pid: u32, p: Process, ts: u64) {
+        if let Some(old) = self.procs.insert(pid, p) {
+            self.finish(old, ts);
+        }
+    }
+
+    fn finish(&mut self, mut p: Process, ts: u64) {
+        p.sum.exited_ns.get_or_insert(ts);
+        p.sum.threads_live = 0;
+        p.sum.futex_parked_now = 0;
+        p.sum.poll_waiting_now = 0;
+        p.sum.killed = !p.exit_called;
+        if self.finished.len() >= self.max_finished {
+            self.finished.pop_front();
+            self.finished_dropped += 1;
+        }
+        self.finished.push_back(p.sum);
+    }
+
+    /// The process of `pid`, created on first sight (a process that started before tracing
+    /// and was not seeded, or whose birth fell outside the filter).
+    fn proc_mut(&mut self, pid: u32, cgroup_id: u64, ts: u64) -> &mut Process {
+        self.procs.entry(pid).or_insert_with(|| {
+            let mut p = Process::new(pid, ts);
+            p.sum.cgroup_id = cgroup_id;
+            p
+        })
+    }
+
+    pub fn apply(&mut self, ev: &Event) {
+        let h = *ev.header();
+        self.host.events += 1;
+        self.last_ts = self.last_ts.max(h.ts_ns);
+        let ts = h.ts_ns;
+        match ev {
+            Event::NewTask(e) => {
+                if e.clone_flags & CLONE_THREAD != 0 {
+                    let p = self.proc_mut(e.child_tgid, h.cgroup_id, ts);
+                    p.add_thread(e.child_tid, Some(h.tid));
+                    p.sum.threads_created += 1;
+                } else {
+                    let (ppid, comm, brk) = {
+                        let parent = self.proc_mut(h.tgid, h.cgroup_id, ts);
+                        parent.sum.children_created += 1;
+                        (h.tgid, cstr(&e.comm), parent.brk)
+                    };
+                    let mut child = Process::new(e.child_tgid, ts);
+                    child.sum.ppid = ppid;
+                    child.sum.comm = comm;
+                    child.sum.cgroup_id = h.cgroup_id;
+                    // fork copies the address space, break included.
+                    child.brk = brk;
+                    self.replace(e.child_tgid, child, ts);
+                }
+            }
+            Event::TaskExit(e) => {
+                if let Some(p) = self.procs.get_mut(&h.tgid) {
+                    p.threads.remove(&h.tid);
+                    if h.tid != h.tgid {
+                        p.sum.threads_exited += 1;
+                    }
+                    p.sum.threads_live = p.threads.len() as u32;
+                    if e.group_dead != 0 {
+                        let p = self.procs.remove(&h.tgid).expect("present");
+                        self.finish(p, ts);
+                    }
+                }
+            }
+            Event::Exec(e) => {
+                let p = self.proc_mut(h.tgid, h.cgroup_id, ts);
+                p.sum.comm = cstr(&e.comm);
+                p.sum.exe = Some(cstr(&e.filename));
+                p.sum.execs += 1;
+                // exec leaves one thread, under the tgid; others were killed (their exits came
+                // as events), and a non-leader that exec'd took over the leader's id.
+                p.threads.retain(|&tid, _| tid == h.tgid);
+                p.threads.entry(h.tgid).or_default();
+                p.sum.threads_live = p.threads.len() as u32;
+                // A new program gets a new address space and break.
+                p.brk = None;
+                p.rss = [0; RSS_MEMBERS];
+                p.sum.rss_bytes = 0;
+                p.sum.rss_peak_bytes = 0;
+            }
+            Event::ExitCall(e) => {
+                let p = self.proc_mut(h.tgid, h.cgroup_id, ts);
+                if e.group != 0 || h.tid == h.tgid {
+                    p.exit_called = true;
+                    p.sum.exit_code = Some(e.code);
+                }
+            }
+            Event::FutexWait(e) => {
+                let p = self.proc_mut(h.tgid, h.cgroup_id, ts);
+                let d = ts.saturating_sub(e.start_ns);
+                p.sum.futex_waits += 1;
+                p.sum.futex_park_max_ns = p.sum.futex_park_max_ns.max(d);
+                // A completed long park proves at least one thread was parked.
+                p.sum.futex_parked_peak = p.sum.futex_parked_peak.max(1);
+            }
+            Event::PollWait(e) => {
+                let p = self.proc_mut(h.tgid, h.cgroup_id, ts);
+                let d = ts.saturating_sub(e.start_ns);
+                p.sum.poll_waits += 1;
+                p.sum.poll_wait_max_ns = p.sum.poll_wait_max_ns.max(d);
+            }
+            Event::Mmap(e) => {
+                let p = self.proc_mut(h.tgid, h.cgroup_id, ts);
+                p.sum.mmap_calls += 1;
+                p.sum.mmap_bytes += page_round(e.len);
+            }
+            Event::Munmap(e) => {
+                let p = self.proc_mut(h.tgid, h.cgroup_id, ts);
+                p.sum.munmap_bytes += page_round(e.len);
+            }
+            Event::Mremap(e) => {
+                let p = self.proc_mut(h.tgid, h.cgroup_id, ts);
+                let (new, old) = (page_round(e.len), page_round(e.old_len));
+                if new >= old {
+                    p.sum.mremap_grow_bytes += new - old;
+                } else {
+                    p.sum.mremap_shrink_bytes += old - new;
+                }
+            }
+            Event::Brk(e) => {
+                let p = self.proc_mut(h.tgid, h.cgroup_id, ts);
+                if let Some(prev) = p.brk {
+                    if e.addr >= prev {
+                        p.sum.brk_growth_bytes += e.addr - prev;
+                    } else {
+                        p.sum.brk_shrink_bytes += prev - e.addr;
+                    }
+                }
+                p.brk = Some(e.addr);
+            }
+            Event::Rss(e) => {
+                let member = e.member as usize;
+                if member >= RSS_MEMBERS {
+                    return;
+                }
+                let pid = if e.curr != 0 {
+                    self.mm_owner.insert(e.mm_id, h.tgid);
+                    Some(h.tgid)
+                } else {
+                    self.mm_owner.get(&e.mm_id).copied()
+                };
+                if let Some(p) = pid.and_then(|pid| self.procs.get_mut(&pid)) {
+                    p.set_rss(member, e.size);
+                } else if e.curr != 0 {
+                    self.proc_mut(h.tgid, h.cgroup_id, ts)
+                        .set_rss(member, e.size);
+                }
+            }
+            Event::Oom(e) => {
+                self.host.oom_kills += 1;
+                if let Some(p) = self.procs.get_mut(&e.victim_pid) {
+                    p.sum.oom_killed = true;
+                }
+            }
+        }
+    }
+
+    /// Applies a snapshot of the threads blocked right now.
+    pub fn apply_waits(&mut self, ts: u64, waits: &[WaitAggregate]) {
+        for p in self.procs.values_mut() {
+            p.sum.futex_parked_now = 0;
+            p.sum.poll_waiting_now = 0;
+        }
+        for w in waits {
+            let Some(p) = self.procs.get_mut(&w.pid) else {
+                continue;
+            };
+            p.sum.futex_parked_now = w.futex_parked;
+            p.sum.futex_parked_peak = p.sum.futex_parked_peak.max(w.futex_parked);
+            p.sum.poll_waiting_now = w.poll_waiting;
+            if w.futex_oldest_ns != 0 {
+                let d = ts.saturating_sub(w.futex_oldest_ns);
+                p.sum.futex_park_max_ns = p.sum.futex_park_max_ns.max(d);
+            }
+            if w.poll_oldest_ns != 0 {
+                let d = ts.saturating_sub(w.poll_oldest_ns);
+                p.sum.poll_wait_max_ns = p.sum.poll_wait_max_ns.max(d);
+            }
+        }
+    }
+
+    /// Forgets mm ids of processes that are gone (called now and then; the map is a cache).
+    pub fn compact(&mut self) {
+        let procs = &self.procs;
+        self.mm_owner.retain(|_, pid| procs.contains_key(pid));
+    }
+
+    /// Summaries of every process seen: exited ones first, in exit order, then live ones by pid.
+    pub fn summaries(&self) -> Vec<ProcessSummary> {
+        let mut live: Vec<ProcessSummary> = self.procs.values().map(|p| p.sum.clone()).collect();
+        live.sort_by_key(|s| s.pid);
+        self.finished
+            .iter()
+            .cloned()
+            .chain(live)
+            .map(|mut s| {
+                s.cgroup = self.cgroup_name(s.cgroup_id);
+                s
+            })
+            .collect()
+    }
+
+    pub fn is_live(&self, pid: u32) -> bool {
+        self.procs.contains_key(&pid)
+    }
+}
+
+fn page_round(len: u64) -> u64 {
+    len.div_ceil(4096) * 4096
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracer_common::*;
+
+    fn hdr(kind: EventKind, ts: u64, tgid: u32, tid: u32) -> EventHeader {
+        EventHeader {
+            ts_ns: ts,
+            cgroup_id: 5,
+            tgid,
+            tid,
+            kind: kind as u16,
+            cpu: 0,
+            _pad: 0,
+        }
+    }
+
+    fn newtask(ts: u64, parent: u32, child: u32, thread: bool) -> Event {
+        Event::NewTask(NewTaskEvent {
+            hdr: hdr(EventKind::NewTask, ts, parent, parent),
+            clone_flags: if thread { CLONE_THREAD } else { 0 },
+            child_tid: child,
+            child_tgid: if thread { parent } else { child },
+            comm: *b"w\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
+        })
+    }
+
+    fn exit(ts: u64, tgid: u32, tid: u32, dead: bool) -> Event {
+        Event::TaskExit(TaskExitEvent {
+            hdr: hdr(EventKind::TaskExit, ts, tgid, tid),
+            group_dead: dead as u32,
+            _pad: 0,
+            comm: [0; 16],
+        })
+    }
+
+    fn find(m: &Model, pid: u32) -> ProcessSummary {
+        m.summaries().into_iter().rfind(|s| s.pid == pid).unwrap()
+    }
+
+    #[test]
+    fn threads_are_counted_and_exited_processes_summarised() {
+        let mut m = Model::new(10);
+        m.apply(&newtask(1, 1, 100, false));
+        for t in 0..5 {
+            m.apply(&newtask(2, 100, 101 + t, true));
+        }
+        for t in 0..3 {
+            m.apply(&exit(3, 100, 101 + t, false));
+        }
+        let s = find(&m, 100);
+        assert_eq!((s.threads_created, s.threads_exited), (5, 3));
+        assert_eq!((s.threads_peak, s.threads_live), (6, 3));
+        m.apply(&exit(4, 100, 104, false));
+        m.apply(&exit(4, 100, 105, false));
+        m.apply(&exit(5, 100, 100, true));
+        assert!(!m.is_live(100));
+        let s = find(&m, 100);
+        assert_eq!(s.exited_ns, Some(5));
+        assert!(s.killed, "no exit call seen: counted as killed");
+        assert_eq!(m.live_threads(), 1, "only the parent (pid 1) remains");
+    }
+
+    #[test]
+    fn pid_reuse_finishes_the_old_process() {
+        let mut m = Model::new(10);
+        m.apply(&newtask(1, 1, 100, false));
+        m.apply(&newtask(2, 100, 101, true));
+        // the exit of 100 was lost; the pid comes back as a new process
+        m.apply(&newtask(3, 1, 100, false));
+        let all: Vec<_> = m.summaries().into_iter().filter(|s| s.pid == 100).collect();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].threads_created, 1);
+        assert_eq!(all[0].exited_ns, Some(3));
+        assert_eq!(all[1].threads_created, 0);
+    }
+
+    #[test]
+    fn exec_renames_and_resets_threads() {
+        let mut m = Model::new(10);
+        m.apply(&newtask(1, 1, 100, false));
+        m.apply(&newtask(2, 100, 101, true));
+        let mut ex = ExecEvent {
+            hdr: hdr(EventKind::Exec, 3, 100, 100),
+            old_tid: 101,
+            _pad: 0,
+            comm: [0; 16],
+            filename: [0; FILENAME_LEN],
+        };
+        ex.comm[..3].copy_from_slice(b"new");
+        ex.filename[..8].copy_from_slice(b"/bin/new");
+        m.apply(&Event::Exec(ex));
+        let s = find(&m, 100);
+        assert_eq!(s.comm, "new");
+        assert_eq!(s.exe.as_deref(), Some("/bin/new"));
+        assert_eq!(s.threads_live, 1);
+    }
+
+    #[test]
+    fn finished_processes_are_bounded() {
+        let mut m = Model::new(3);
+        for pid in 100..110 {
+            m.apply(&newtask(1, 1, pid, false));
+            m.apply(&exit(2, pid, pid, true));
+        }
+        assert_eq!(m.summaries().len(), 3 + 1);
+        assert_eq!(m.finished_dropped, 7);
+        assert_eq!(m.live_processes(), 1);
+    }
+
+    #[test]
+    fn brk_growth_counts_from_the_first_known_break() {
+        let mut m = Model::new(10);
+        let brk = |ts, addr| {
+            Event::Brk(MemEvent {
+                hdr: hdr(EventKind::Brk, ts, 100, 100),
+                addr,
+                len: addr,
+                old_len: 0,
+                old_addr: 0,
+                ret: addr as i64,
+                prot: 0,
+                flags: 0,
+                fd: -1,
+                _pad: 0,
+            })
+        };
+        m.seed(
+            &ProcessSeed {
+                pid: 100,
+                brk: Some(0x1000),
+                ..Default::default()
+            },
+            0,
+        );
+        m.apply(&brk(1, 0x3000));
+        m.apply(&brk(2, 0x2000));
+        m.apply(&brk(3, 0x5000));
+        let s = find(&m, 100);
+        assert_eq!(s.brk_growth_bytes, 0x2000 + 0x3000);
+        assert_eq!(s.brk_shrink_bytes, 0x1000);
+    }
+
+    #[test]
+    fn waits_snapshot_sets_peaks_and_durations() {
+        let mut m = Model::new(10);
+        m.apply(&newtask(1, 1, 100, false));
+        m.apply_waits(
+            1_000,
+            &[WaitAggregate {
+                pid: 100,
+                futex_parked: 4,
+                futex_oldest_ns: 400,
+                poll_waiting: 1,
+                poll_oldest_ns: 900,
+            }],
+        );
+        m.apply_waits(2_000, &[]);
+        let s = find(&m, 100);
+        assert_eq!((s.futex_parked_peak, s.futex_parked_now), (4, 0));
+        assert_eq!(s.futex_park_max_ns, 600);
+        assert_eq!(s.poll_wait_max_ns, 100);
+    }
+}

@@ -1,0 +1,247 @@
+//! Loads the embedded kernel object, sets its globals and attaches every program. A program
+//! that fails to attach is reported by name; the others keep running.
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, RawTracePoint, TracePoint},
+};
+use thiserror::Error;
+use tracer_common::{
+    maps::{self as m, WaitState, globals},
+    tracepoints,
+};
+
+use super::{KernelStats, formats, tracefs};
+use crate::tracefile::ProbeStatus;
+
+/// The kernel object, built from `tracer-ebpf` by build.rs and embedded so that the binary is
+/// all a user copies to a machine.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-probes"));
+
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error(
+        "tracer must run as root (it loads eBPF programs): run it with sudo, or grant \
+         CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN"
+    )]
+    NotRoot,
+    #[error(
+        "the kernel refused to load the eBPF maps/programs: {0}. Check that the kernel has BPF \
+         (CONFIG_BPF_SYSCALL), that you are root (or have CAP_BPF+CAP_PERFMON), and, in a \
+         container, that it runs privileged or with those capabilities"
+    )]
+    Bpf(#[source] aya::EbpfError),
+    #[error("map {0} is missing from the eBPF object: the build is broken, rebuild the tracer")]
+    MissingMap(&'static str),
+    #[error("opening map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error(
+        "no probe could be attached ({0}); nothing would be traced. See the errors above for each probe"
+    )]
+    NothingAttached(String),
+}
+
+/// What the collector sets in the kernel programs.
+#[derive(Clone, Debug)]
+pub struct LoadConfig {
+    /// Waits shorter than this are counted, not streamed.
+    pub min_wait_ns: u64,
+    /// RSS moves smaller than this are not streamed.
+    pub rss_granule: u64,
+    /// Trace only the tgids put in the `TRACED` map (and their children).
+    pub filter: bool,
+}
+
+impl Default for LoadConfig {
+    fn default() -> Self {
+        Self {
+            min_wait_ns: 1_000_000,
+            rss_granule: 1 << 20,
+            filter: false,
+        }
+    }
+}
+
+pub struct Probes {
+    // Keeps the programs and their links alive: dropping it detaches everything.
+    _ebpf: Ebpf,
+    pub status: Vec<ProbeStatus>,
+    pub events: RingBuf<MapData>,
+    pub waiting: HashMap<MapData, u32, WaitState>,
+    pub traced: HashMap<MapData, u32, u32>,
+    pub stats: PerCpuArray<MapData, u64>,
+}
+
+impl Probes {
+    pub fn load(cfg: &LoadConfig) -> Result<Self, LoadError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(LoadError::NotRoot);
+        }
+        let self_tgid = std::process::id();
+        let filter = cfg.filter as u32;
+        let mut ebpf = EbpfLoader::new()
+            .override_global(globals::MIN_WAIT_NS, &cfg.min_wait_ns, true)
+            .override_global(globals::RSS_GRANULE, &cfg.rss_granule, true)
+            .override_global(globals::SELF_TGID, &self_tgid, true)
+            .override_global(globals::FILTER, &filter, true)
+            .load(OBJECT)
+            .map_err(LoadError::Bpf)?;
+
+        let mut status = Vec::new();
+        attach_syscalls(&mut ebpf, &mut status);
+        attach_tracepoints(&mut ebpf, &mut status);
+        for s in &status {
+            match &s.error {
+                None => tracing::debug!(probe = %s.name, "attached"),
+                Some(e) => tracing::error!(probe = %s.name, "probe not attached: {e}"),
+            }
+        }
+        if !status.iter().any(|s| s.attached) {
+            let errors: Vec<String> = status
+                .iter()
+                .filter_map(|s| s.error.as_ref().map(|e| format!("{}: {e}", s.name)))
+                .collect();
+            return Err(LoadError::NothingAttached(errors.join("; ")));
+        }
+
+        let take = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or(LoadError::MissingMap(name))
+        };
+        let map_err = |name| move |source| LoadError::Map { name, source };
+        let events = RingBuf::try_from(take(&mut ebpf, m::EVENTS)?).map_err(map_err(m::EVENTS))?;
+        let waiting =
+            HashMap::try_from(take(&mut ebpf, m::WAITING)?).map_err(map_err(m::WAITING))?;
+        let traced = HashMap::try_from(take(&mut ebpf, m::TRACED)?).map_err(map_err(m::TRACED))?;
+        let stats = PerCpuArray::try_from(take(&mut ebpf, m::STATS)?).map_err(map_err(m::STATS))?;
+        Ok(Self {
+            _ebpf: ebpf,
+            status,
+            events,
+            waiting,
+            traced,
+            stats,
+        })
+    }
+
+    /// Adds a process to the kernel-side filter (its future children follow automatically).
+    pub fn trace_pid(&mut self, pid: u32) -> Result<(), aya::maps::MapError> {
+        self.traced.insert(pid, 1, 0)
+    }
+
+    pub fn stats(&self) -> Result<KernelStats, aya::maps::MapError> {
+        KernelStats::read(&self.stats)
+    }
+
+    /// The blocked threads right now: (tid, state).
+    pub fn waiting(&self) -> Vec<(u32, WaitState)> {
+        // Entries can vanish between key and value lookups (the thread woke): skip those.
+        self.waiting.iter().filter_map(Result::ok).collect()
+    }
+
+    pub fn failed(&self) -> impl Iterator<Item = &ProbeStatus> {
+        self.status.iter().filter(|s| !s.attached)
+    }
+}
+
+/// `sys_enter`/`sys_exit` as BTF tracepoints, or as raw tracepoints when BTF ones do not load.
+fn attach_syscalls(ebpf: &mut Ebpf, status: &mut Vec<ProbeStatus>) {
+    let btf = Btf::from_sys_fs();
+    for hook in ["sys_enter", "sys_exit"] {
+        let btf_err = match &btf {
+            Ok(btf) => match attach_btf(ebpf, &format!("{hook}_btf"), hook, btf) {
+                Ok(()) => {
+                    status.push(ok(format!("tp_btf/{hook}")));
+                    continue;
+                }
+                Err(e) => e,
+            },
+            Err(e) => format!("no kernel BTF: {e}"),
+        };
+        tracing::debug!("tp_btf/{hook} not usable ({btf_err}); trying raw_tp/{hook}");
+        match attach_raw(ebpf, &format!("{hook}_raw"), hook) {
+            Ok(()) => status.push(ok(format!("raw_tp/{hook}"))),
+            Err(e) => status.push(ProbeStatus {
+                name: format!("{hook} (futex, poll, mmap, brk, exit syscalls)"),
+                attached: false,
+                error: Some(format!("tp_btf: {btf_err}; raw_tp: {e}")),
+            }),
+        }
+    }
+}
+
+fn attach_btf(ebpf: &mut Ebpf, prog: &str, hook: &str, btf: &Btf) -> Result<(), String> {
+    let p: &mut BtfTracePoint = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| format!("program {prog} missing"))?
+        .try_into()
+        .map_err(|e| format!("{e}"))?;
+    p.load(hook, btf).map_err(|e| format!("load: {e}"))?;
+    p.attach().map_err(|e| format!("attach: {e}"))?;
+    Ok(())
+}
+
+fn attach_raw(ebpf: &mut Ebpf, prog: &str, hook: &str) -> Result<(), String> {
+    let p: &mut RawTracePoint = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| format!("program {prog} missing"))?
+        .try_into()
+        .map_err(|e| format!("{e}"))?;
+    p.load().map_err(|e| format!("load: {e}"))?;
+    p.attach(hook).map_err(|e| format!("attach: {e}"))?;
+    Ok(())
+}
+
+fn attach_tracepoints(ebpf: &mut Ebpf, status: &mut Vec<ProbeStatus>) {
+    let dir = match tracefs::ensure_tracefs() {
+        Ok(d) => d,
+        Err(e) => {
+            for tp in tracepoints::ALL {
+                status.push(failed(tp_name(tp), e.clone()));
+            }
+            return;
+        }
+    };
+    for tp in tracepoints::ALL {
+        let res = formats::check(dir, tp).and_then(|()| {
+            let p: &mut TracePoint = ebpf
+                .program_mut(tp.program)
+                .ok_or_else(|| format!("program {} missing", tp.program))?
+                .try_into()
+                .map_err(|e| format!("{e}"))?;
+            p.load().map_err(|e| format!("load: {e}"))?;
+            p.attach(tp.category, tp.name)
+                .map_err(|e| format!("attach: {e}"))?;
+            Ok(())
+        });
+        status.push(match res {
+            Ok(()) => ok(tp_name(tp)),
+            Err(e) => failed(tp_name(tp), e),
+        });
+    }
+}
+
+fn tp_name(tp: &tracepoints::Tracepoint) -> String {
+    format!("tracepoint/{}/{}", tp.category, tp.name)
+}
+
+fn ok(name: String) -> ProbeStatus {
+    ProbeStatus {
+        name,
+        attached: true,
+        error: None,
+    }
+}
+
+fn failed(name: String, error: String) -> ProbeStatus {
+    ProbeStatus {
+        name,
+        attached: false,
+        error: Some(error),
+    }
+}

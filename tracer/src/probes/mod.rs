@@ -1,0 +1,10 @@
+//! Loading and attaching the kernel programs, and reading their maps.
+
+mod formats;
+mod load;
+mod maps;
+mod tracefs;
+
+pub use load::{LoadConfig, LoadError, Probes};
+pub use maps::{KernelStats, wait_snapshot};
+pub use tracefs::ensure_tracefs;

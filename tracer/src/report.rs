@@ -1,0 +1,285 @@
+//! `tracer report`: reads a trace file back through the same model the live collector uses and
+//! prints a summary for people (text) or programs (JSON).
+
+use std::{collections::BTreeMap, io::Read};
+
+use serde::Serialize;
+
+use crate::{
+    escape,
+    events::decode,
+    model::{HostCounters, Model, ProcessSummary},
+    tracefile::{Meta, ProbeStatus, ReadError, Record, StartInfo, TraceReader},
+};
+
+/// Version of the JSON report schema (not of the trace file).
+pub const REPORT_VERSION: u32 = 1;
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub version: u32,
+    pub file_version: u32,
+    pub tracer_version: String,
+    pub hostname: String,
+    pub kernel: String,
+    pub start_unix_ns: u64,
+    pub duration_ns: u64,
+    pub command: Vec<String>,
+    /// Why the recording stopped, or null when the file has no end record.
+    pub end_reason: Option<String>,
+    pub exit_code: Option<i32>,
+    /// Set when the file was cut short or is corrupt: what was read is still reported.
+    pub truncated: Option<String>,
+    /// Events the kernel could not deliver or track (ring buffer full, full maps).
+    pub lost_events: u64,
+    pub kernel_counters: BTreeMap<String, u64>,
+    pub probes: Vec<ProbeStatus>,
+    pub host: HostCounters,
+    pub processes_dropped: u64,
+    pub processes: Vec<ProcessSummary>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("the trace file has no start record: it is not a complete tracer recording")]
+    NoStart,
+}
+
+/// Reads a whole trace file into a [`Report`].
+pub fn build<R: Read>(input: R) -> Result<Report, ReportError> {
+    let mut reader = TraceReader::new(input)?;
+    let mut model = Model::new(1_000_000);
+    let mut start: Option<StartInfo> = None;
+    let mut counters = BTreeMap::new();
+    let mut end: Option<(u64, String, Option<i32>)> = None;
+    let mut last_ts = 0;
+    while let Some(rec) = reader.next_record()? {
+        match rec {
+            Record::Event(bytes) => match decode(&bytes) {
+                Ok(ev) => {
+                    last_ts = last_ts.max(ev.header().ts_ns);
+                    model.apply(&ev);
+                }
+                Err(_) => model.host.undecodable += 1,
+            },
+            Record::Meta(meta) => match meta {
+                Meta::Start(s) => {
+                    model.min_wait_ns = s.min_wait_ns;
+                    start = Some(s);
+                }
+                Meta::Process(seed) => {
+                    let ts = start.as_ref().map_or(0, |s| s.start_ns);
+                    model.seed(&seed, ts);
+                }
+                Meta::Cgroup { id, path } => model.set_cgroup(id, path),
+                Meta::Waits { ts_ns, processes } => {
+                    last_ts = last_ts.max(ts_ns);
+                    model.apply_waits(ts_ns, &processes);
+                }
+                Meta::Stats { ts_ns, counters: c } => {
+                    last_ts = last_ts.max(ts_ns);
+                    counters = c;
+                }
+                Meta::End {
+                    ts_ns,
+                    reason,
+                    exit_code,
+                } => {
+                    last_ts = last_ts.max(ts_ns);
+                    end = Some((ts_ns, reason, exit_code));
+                }
+            },
+        }
+    }
+    let start = start.ok_or(ReportError::NoStart)?;
+    let lost_events = ["lost_events", "wait_map_full", "filter_map_full"]
+        .iter()
+        .map(|k| counters.get(*k).copied().unwrap_or(0))
+        .sum();
+    Ok(Report {
+        version: REPORT_VERSION,
+        file_version: crate::tracefile::VERSION,
+        tracer_version: start.tracer_version.clone(),
+        hostname: start.hostname.clone(),
+        kernel: start.kernel.clone(),
+        start_unix_ns: start.start_unix_ns,
+        duration_ns: end
+            .as_ref()
+            .map_or(last_ts, |e| e.0)
+            .saturating_sub(start.start_ns),
+        command: start.command.clone(),
+        end_reason: end.as_ref().map(|e| e.1.clone()),
+        exit_code: end.and_then(|e| e.2),
+        truncated: reader.truncated().map(str::to_owned),
+        lost_events,
+        kernel_counters: counters,
+        probes: start.probes,
+        host: model.host.clone(),
+        processes_dropped: model.finished_dropped,
+        processes: model.summaries(),
+    })
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1}M", b as f64 / (1 << 20) as f64)
+}
+
+fn secs(ns: u64) -> String {
+    format!("{:.2}s", ns as f64 / 1e9)
+}
+
+/// Processes with something to show, busiest first.
+fn interesting(r: &Report) -> Vec<&ProcessSummary> {
+    let mut v: Vec<&ProcessSummary> = r
+        .processes
+        .iter()
+        .filter(|p| {
+            p.threads_created + p.futex_waits + p.poll_waits + p.mmap_calls + p.brk_growth_bytes > 0
+                || p.futex_parked_peak > 0
+                || p.oom_killed
+                || !p.seeded
+        })
+        .collect();
+    v.sort_by_key(|p| {
+        std::cmp::Reverse((
+            p.threads_created,
+            p.futex_parked_peak,
+            p.mmap_bytes + p.brk_growth_bytes,
+        ))
+    });
+    v
+}
+
+/// The human summary. `limit` caps the process rows.
+pub fn render_text(r: &Report, limit: usize) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "trace of {} (kernel {}), {} long{}",
+        escape::term(&r.hostname),
+        escape::term(&r.kernel),
+        secs(r.duration_ns),
+        if r.command.is_empty() {
+            String::new()
+        } else {
+            format!(", command: {}", escape::term(&r.command.join(" ")))
+        }
+    );
+    if let Some(t) = &r.truncated {
+        let _ = writeln!(o, "WARNING: {t}");
+    }
+    if r.end_reason.is_none() && r.truncated.is_none() {
+        let _ = writeln!(
+            o,
+            "WARNING: the file has no end record: the recording was cut short"
+        );
+    }
+    if r.lost_events > 0 {
+        let _ = writeln!(
+            o,
+            "WARNING: {} events lost in the kernel (counts below are lower bounds)",
+            r.lost_events
+        );
+    } else {
+        let _ = writeln!(o, "lost events: 0");
+    }
+    for p in r.probes.iter().filter(|p| !p.attached) {
+        let _ = writeln!(
+            o,
+            "WARNING: probe {} was not attached: {}",
+            p.name,
+            p.error.as_deref().unwrap_or("?")
+        );
+    }
+    if r.host.oom_kills > 0 {
+        let _ = writeln!(o, "OOM kills: {}", r.host.oom_kills);
+    }
+    let rows = interesting(r);
+    let _ = writeln!(
+        o,
+        "{} processes seen, {} with activity{}",
+        r.processes.len(),
+        rows.len(),
+        if rows.len() > limit {
+            format!(" (top {limit} shown; --all for every one)")
+        } else {
+            String::new()
+        }
+    );
+    o.push_str(&render_table(&rows, limit));
+    o
+}
+
+/// The process table, one row per process, at most `limit` rows.
+pub fn render_table(rows: &[&ProcessSummary], limit: usize) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "{:>8} {:<16} {:>7} {:>7} {:>5} {:>6} {:>9} {:>6} {:>8} {:>8} {:>8} {:>8}  cgroup",
+        "PID",
+        "COMM",
+        "THR+",
+        "THR-",
+        "PEAK",
+        "PARKED",
+        "PARK-MAX",
+        "POLLS",
+        "MMAP",
+        "MUNMAP",
+        "BRK+",
+        "RSS-PEAK"
+    );
+    for p in rows.iter().take(limit) {
+        let mut comm = escape::term(&p.comm);
+        comm.truncate(16);
+        let _ = writeln!(
+            o,
+            "{:>8} {:<16} {:>7} {:>7} {:>5} {:>6} {:>9} {:>6} {:>8} {:>8} {:>8} {:>8}  {}{}",
+            p.pid,
+            comm,
+            p.threads_created,
+            p.threads_exited,
+            p.threads_peak,
+            p.futex_parked_peak,
+            secs(p.futex_park_max_ns),
+            p.poll_waits,
+            mib(p.mmap_bytes),
+            mib(p.munmap_bytes),
+            mib(p.brk_growth_bytes),
+            mib(p.rss_peak_bytes),
+            escape::term(&p.cgroup),
+            match (p.exited_ns.is_some(), p.oom_killed, p.killed, p.exit_code) {
+                (_, true, _, _) => " [OOM-killed]".to_owned(),
+                (true, _, true, _) => " [killed]".to_owned(),
+                (true, _, _, Some(c)) => format!(" [exit {c}]"),
+                _ => String::new(),
+            }
+        );
+    }
+    o
+}
+
+/// Rows for the live view: live processes with activity, busiest first.
+pub fn live_rows(model: &Model) -> Vec<ProcessSummary> {
+    let mut v: Vec<ProcessSummary> = model
+        .summaries()
+        .into_iter()
+        .filter(|p| p.exited_ns.is_none())
+        .filter(|p| {
+            p.threads_created + p.futex_waits + p.poll_waits + p.mmap_calls > 0
+                || p.futex_parked_now + p.poll_waiting_now > 0
+        })
+        .collect();
+    v.sort_by_key(|p| {
+        std::cmp::Reverse((
+            p.threads_created,
+            p.futex_parked_now,
+            p.mmap_bytes + p.brk_growth_bytes,
+        ))
+    });
+    v
+}

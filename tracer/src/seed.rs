@@ -1,0 +1,105 @@
+//! Seeding the model with processes that existed before tracing started, from /proc.
+
+use std::{fs, path::Path};
+
+use crate::{cgroups::Cgroups, tracefile::ProcessSeed};
+
+/// Every process on the host, or only `pids` when given. Processes that vanish while being
+/// read are skipped.
+pub fn scan(pids: Option<&[u32]>, cgroups: &Cgroups) -> Vec<ProcessSeed> {
+    let all: Vec<u32> = match pids {
+        Some(p) => p.to_vec(),
+        None => fs::read_dir("/proc")
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    all.into_iter()
+        .filter_map(|pid| read(pid, cgroups))
+        .collect()
+}
+
+pub fn read(pid: u32, cgroups: &Cgroups) -> Option<ProcessSeed> {
+    let dir = Path::new("/proc").join(pid.to_string());
+    let stat = fs::read_to_string(dir.join("stat")).ok()?;
+    let (comm, rest) = parse_stat(&stat)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields after the comm start at field 3 (state): field n is fields[n - 3].
+    let ppid = fields.get(1)?.parse().ok()?;
+    let start_brk: Option<u64> = fields
+        .get(44)
+        .and_then(|v| v.parse().ok())
+        .filter(|&v| v != 0);
+    // Kernel threads have no user memory: leave them out.
+    let flags: u64 = fields.get(6)?.parse().ok()?;
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    if flags & PF_KTHREAD != 0 {
+        return None;
+    }
+    let tids = fs::read_dir(dir.join("task"))
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    let page = 4096u64;
+    let rss_bytes = fs::read_to_string(dir.join("statm"))
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0)
+        * page;
+    let heap_end = fs::read_to_string(dir.join("maps")).ok().and_then(|maps| {
+        maps.lines()
+            .find(|l| l.ends_with("[heap]"))
+            .and_then(|l| u64::from_str_radix(l.split(['-', ' ']).nth(1)?, 16).ok())
+    });
+    let cgroup_id = fs::read_to_string(dir.join("cgroup"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .and_then(|p| cgroups.id_of(p))
+        })
+        .unwrap_or(0);
+    Some(ProcessSeed {
+        pid,
+        ppid,
+        comm: comm.to_owned(),
+        cgroup_id,
+        tids,
+        rss_bytes,
+        brk: heap_end.or(start_brk),
+    })
+}
+
+/// Splits `/proc/<pid>/stat` into the comm and the fields after it. The comm is between the
+/// first `(` and the last `)`: it may itself contain spaces and parentheses.
+fn parse_stat(stat: &str) -> Option<(&str, &str)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    Some((stat.get(open + 1..close)?, stat.get(close + 1..)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_hostile_comms() {
+        let (comm, rest) = parse_stat("42 (a) b) (c) S 1 42").unwrap();
+        assert_eq!(comm, "a) b) (c");
+        assert_eq!(rest.split_whitespace().nth(1), Some("1"));
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let me = std::process::id();
+        let s = read(me, &Cgroups::new()).expect("own /proc entry");
+        assert_eq!(s.pid, me);
+        assert!(s.tids.contains(&me));
+        assert!(s.rss_bytes > 0);
+        assert!(s.brk.is_some());
+    }
+}

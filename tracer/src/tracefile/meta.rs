@@ -1,0 +1,80 @@
+//! Collector records of the trace file: everything that is not a kernel event.
+
+use serde::{Deserialize, Serialize};
+
+/// A record the collector writes next to kernel events.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Meta {
+    Start(StartInfo),
+    /// A process that existed when tracing started.
+    Process(ProcessSeed),
+    /// The path of a cgroup id, written the first time an id is seen.
+    Cgroup {
+        id: u64,
+        path: String,
+    },
+    /// Threads blocked right now, per process, read from the kernel's `WAITING` map.
+    Waits {
+        ts_ns: u64,
+        processes: Vec<WaitAggregate>,
+    },
+    /// Cumulative kernel counters (per-CPU sums), by name.
+    Stats {
+        ts_ns: u64,
+        counters: std::collections::BTreeMap<String, u64>,
+    },
+    /// The last record of a complete file.
+    End {
+        ts_ns: u64,
+        reason: String,
+        exit_code: Option<i32>,
+    },
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct StartInfo {
+    pub tracer_version: String,
+    pub hostname: String,
+    pub kernel: String,
+    /// CLOCK_MONOTONIC ns when tracing started (event timestamps use the same clock).
+    pub start_ns: u64,
+    /// Unix time in ns at the same instant, to turn event timestamps into wall time.
+    pub start_unix_ns: u64,
+    pub command: Vec<String>,
+    pub pids: Vec<u32>,
+    pub min_wait_ns: u64,
+    pub rss_granule: u64,
+    pub sample_interval_ms: u64,
+    pub probes: Vec<ProbeStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProbeStatus {
+    pub name: String,
+    pub attached: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProcessSeed {
+    pub pid: u32,
+    pub ppid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    pub tids: Vec<u32>,
+    pub rss_bytes: u64,
+    /// The current program break, when known (end of `[heap]`, or `start_brk`).
+    pub brk: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WaitAggregate {
+    pub pid: u32,
+    pub futex_parked: u32,
+    /// Start (monotonic ns) of the oldest futex park still going; 0 if none.
+    pub futex_oldest_ns: u64,
+    pub poll_waiting: u32,
+    pub poll_oldest_ns: u64,
+}

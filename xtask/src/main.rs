@@ -1,0 +1,163 @@
+//! Developer tasks: `cargo xtask setup | run | test | bench`.
+//!
+//! `setup` installs what the eBPF build needs (Debian's rustc-web with the prebuilt BPF libcore,
+//! LLVM 22, bpf-linker 0.13 built against it: see shared/toolchain.md). It is idempotent and
+//! takes well under a second when everything is present. `run` and `test` call it first, so
+//! the README commands work on a fresh machine.
+
+mod bench;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the eBPF toolchain (apt packages, bpf-linker) if missing.
+    Setup,
+    /// Set up, build (release) and run the tracer; arguments go to `tracer` (default: `live`).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run formatting and lint checks and the whole test suite (needs root).
+    Test,
+    /// Set up, then measure tracing overhead against bpftrace, throughput and collector RSS.
+    Bench {
+        /// Iterations of each hot loop.
+        #[arg(long, default_value_t = 1_000_000)]
+        iters: u64,
+        /// Threads for the collector-RSS measurement.
+        #[arg(long, default_value_t = 10_000)]
+        threads: usize,
+    },
+}
+
+/// Debian packages the build needs. bpftrace is the benchmark's reference peer.
+const APT_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+    "bpftrace",
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.cmd {
+        Cmd::Setup => setup(),
+        Cmd::Run { args } => {
+            setup()?;
+            cargo(&root, &["build", "--release", "-p", "tracer"])?;
+            let bin = root.join("target/release/tracer");
+            let status = Command::new(&bin)
+                .args(&args)
+                .status()
+                .with_context(|| format!("running {}", bin.display()))?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Cmd::Test => {
+            setup()?;
+            cargo(&root, &["fmt", "--all", "--", "--check"])?;
+            cargo(&root, &["clippy", "--all-targets", "--", "-D", "warnings"])?;
+            // The integration tests run the tracer binary: build it first.
+            cargo(&root, &["build", "-p", "tracer", "--bins"])?;
+            cargo(&root, &["test", "--no-fail-fast"])
+        }
+        Cmd::Bench { iters, threads } => {
+            setup()?;
+            cargo(
+                &root,
+                &["build", "--release", "-p", "tracer", "-p", "tracer-tests"],
+            )?;
+            bench::run(&root, iters, threads)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let status = Command::new(&cargo)
+        .args(args)
+        .current_dir(root)
+        .status()
+        .with_context(|| format!("running {cargo}"))?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn apt_installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn setup() -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !apt_installed(p))
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("xtask: installing {}", missing.join(" "));
+        run(Command::new("apt-get").args(["update", "-q"]))
+            .context("apt-get update (are you root?)")?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+        .context("apt-get install")?;
+    }
+    let linker_ok = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION));
+    if !linker_ok {
+        eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (~2 min)");
+        // Debian's cargo (rustc-web 1.96), as verified in shared/toolchain.md.
+        run(Command::new("/usr/bin/cargo")
+            .args([
+                "install",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                "--locked",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"))
+        .context("installing bpf-linker")?;
+    }
+    Ok(())
+}
