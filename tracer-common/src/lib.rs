@@ -109,7 +109,9 @@ pub struct TaskExitEvent {
     pub hdr: EventHeader,
     /// 1 when this is the last task of its thread group: the process is gone.
     pub group_dead: u32,
-    pub _pad: u32,
+    /// `task->exit_code` in wait-status form: `(code << 8)` for an exit, the signal number
+    /// (| 0x80 with a core dump) for a death by signal; -1 when the kernel's layout is unknown.
+    pub exit_code: i32,
     pub comm: [u8; COMM_LEN],
 }
 

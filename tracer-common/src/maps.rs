@@ -2,11 +2,12 @@
 //!
 //! Every map here is bounded; the comment on each says why that size and how entries leave.
 
-/// Ring buffer that carries every event to userspace. 32 MiB holds about half a second of
-/// events at 1 M events/s (~56 bytes each) while the collector drains it every few ms.
+/// Ring buffer that carries every event to userspace. 8 MiB holds about 100 ms of events at
+/// 1 M events/s (~60-90 bytes each) while the collector drains it every 10 ms. It is mapped
+/// twice into the collector (wrap-around), so it counts 16 MiB towards the collector's RSS.
 /// When full, `bpf_ringbuf_reserve` fails and the event is counted in [`Stat::Lost`].
 pub const EVENTS: &str = "EVENTS";
-pub const EVENTS_BYTES: u32 = 32 << 20;
+pub const EVENTS_BYTES: u32 = 8 << 20;
 /// Past this many unread bytes a submit wakes the collector; below it, submits use
 /// `BPF_RB_NO_WAKEUP` and the collector polls on a short timer (a wakeup costs ~2 µs here).
 pub const WAKEUP_THRESHOLD_BYTES: u64 = 256 << 10;
@@ -44,6 +45,10 @@ pub mod globals {
     pub const SELF_TGID: &str = "SELF_TGID";
     /// Non-zero: only tgids in the `TRACED` map are traced.
     pub const FILTER: &str = "FILTER";
+    /// Offset of `task_struct.nvcsw` (followed by `nivcsw`), from BTF; 0 if unknown.
+    pub const TASK_CSW_OFF: &str = "TASK_CSW_OFF";
+    /// Offset of `task_struct.exit_code`, from BTF; 0 if unknown.
+    pub const TASK_EXIT_CODE_OFF: &str = "TASK_EXIT_CODE_OFF";
 }
 
 /// Per-thread state of a blocked thread, the value of the `WAITING` map.
@@ -61,6 +66,18 @@ pub struct WaitState {
     pub _pad: u32,
 }
 
+/// Per-CPU slot of the `NONBLOCK` map: the thread that entered a zero-timeout poll on this
+/// CPU, with its context-switch count at entry. At exit, the same tid with the same count
+/// proves the thread neither slept nor migrated since, so it is that call's exit and the
+/// `WAITING` lookup can be skipped. Any other case falls back to the lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NonBlock {
+    pub csw: u64,
+    pub tid: u32,
+    pub _pad: u32,
+}
+
 /// Value of the `RSS_LAST` map: the last emitted size of each RSS counter, in bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -71,6 +88,7 @@ pub struct RssLast {
 const _: () = {
     assert!(size_of::<WaitState>() == 40);
     assert!(size_of::<RssLast>() == 32);
+    assert!(size_of::<NonBlock>() == 16);
 };
 
 /// Indexes of the per-CPU `STATS` counters. Stable: trace files store them by name, but keep

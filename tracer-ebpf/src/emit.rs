@@ -3,8 +3,11 @@
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_pid_tgid,
-        generated::{bpf_get_current_cgroup_id, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_smp_processor_id,
+            bpf_ktime_get_ns,
+        },
     },
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -12,8 +15,8 @@ use aya_ebpf::{
 use tracer_common::{
     EventHeader, EventKind,
     maps::{
-        EVENTS_BYTES, RSS_LAST_MAX, RssLast, Stat, TRACED_MAX, WAITING_MAX, WAKEUP_THRESHOLD_BYTES,
-        WaitState,
+        EVENTS_BYTES, NonBlock, RSS_LAST_MAX, RssLast, Stat, TRACED_MAX, WAITING_MAX,
+        WAKEUP_THRESHOLD_BYTES, WaitState,
     },
 };
 
@@ -32,6 +35,10 @@ pub static TRACED: HashMap<u32, u32> = HashMap::with_max_entries(TRACED_MAX, 0);
 /// preemption), one slot, overwritten by the next exec: no eviction needed.
 #[map]
 pub static EXEC_PENDING: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+/// See `tracer_common::maps::NonBlock`: one slot per CPU, overwritten by the next zero-timeout
+/// poll on that CPU.
+#[map]
+pub static NONBLOCK: PerCpuArray<NonBlock> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
 
@@ -45,6 +52,42 @@ static RSS_GRANULE: u64 = 1 << 20;
 static SELF_TGID: u32 = 0;
 #[unsafe(no_mangle)]
 static FILTER: u32 = 0;
+#[unsafe(no_mangle)]
+static TASK_CSW_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static TASK_EXIT_CODE_OFF: u64 = 0;
+
+/// Offset of `task_struct.nvcsw`; 0 when unknown. A frozen .rodata value, so the verifier
+/// knows it as a constant (which direct BTF loads need).
+#[inline(always)]
+pub fn task_csw_off() -> usize {
+    unsafe { core::ptr::read_volatile(&TASK_CSW_OFF) as usize }
+}
+
+/// The current task's context-switch count (nvcsw + nivcsw) through a probe read, or None when
+/// the offset is unknown. BTF programs read it directly instead (see `syscall::Regs`).
+#[inline(always)]
+pub fn current_csw() -> Option<u64> {
+    let off = task_csw_off() as u64;
+    if off == 0 {
+        return None;
+    }
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let v: [u64; 2] =
+        unsafe { bpf_probe_read_kernel(task.add(off as usize) as *const [u64; 2]) }.ok()?;
+    Some(v[0].wrapping_add(v[1]))
+}
+
+/// The current task's `exit_code`, or -1 when the offset is unknown.
+#[inline(always)]
+pub fn current_exit_code() -> i32 {
+    let off = unsafe { core::ptr::read_volatile(&TASK_EXIT_CODE_OFF) };
+    if off == 0 {
+        return -1;
+    }
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    unsafe { bpf_probe_read_kernel(task.add(off as usize) as *const i32) }.unwrap_or(-1)
+}
 
 #[inline(always)]
 pub fn min_wait_ns() -> u64 {

@@ -16,8 +16,8 @@ use tracer_common::{
 };
 
 use crate::emit::{
-    EXEC_PENDING, TRACED, WAITING, bump, emit, filtering, header, now_ns, pid_tgid, reserve,
-    submit, traced,
+    EXEC_PENDING, TRACED, WAITING, bump, current_exit_code, emit, filtering, header, now_ns,
+    pid_tgid, reserve, submit, traced,
 };
 
 /// Reads a field of a classic tracepoint record. The verifier allows direct loads from the
@@ -68,7 +68,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     emit(&TaskExitEvent {
         hdr: header(EventKind::TaskExit, now_ns(), tgid, tid),
         group_dead: group_dead as u32,
-        _pad: 0,
+        exit_code: current_exit_code(),
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     });
     if group_dead != 0 && filtering() {

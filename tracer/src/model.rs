@@ -44,6 +44,9 @@ pub struct ProcessSummary {
     pub exit_code: Option<i32>,
     /// The process ended without calling exit/exit_group: killed by a signal.
     pub killed: bool,
+    /// The signal that killed it, when the kernel told (`task->exit_code`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
     pub oom_killed: bool,
     pub threads_live: u32,
     pub threads_created: u64,
@@ -249,7 +252,18 @@ impl Model {
                     }
                     p.sum.threads_live = p.threads.len() as u32;
                     if e.group_dead != 0 {
-                        let p = self.procs.remove(&h.tgid).expect("present");
+                        let mut p = self.procs.remove(&h.tgid).expect("present");
+                        // Wait-status form: low 7 bits the signal, else the code in bits 8-15.
+                        if e.exit_code >= 0 {
+                            let sig = e.exit_code & 0x7f;
+                            if sig != 0 {
+                                p.sum.signal = Some(sig);
+                                p.exit_called = false;
+                            } else {
+                                p.sum.exit_code = Some((e.exit_code >> 8) & 0xff);
+                                p.exit_called = true;
+                            }
+                        }
                         self.finish(p, ts);
                     }
                 }
@@ -432,7 +446,7 @@ mod tests {
         Event::TaskExit(TaskExitEvent {
             hdr: hdr(EventKind::TaskExit, ts, tgid, tid),
             group_dead: dead as u32,
-            _pad: 0,
+            exit_code: -1,
             comm: [0; 16],
         })
     }

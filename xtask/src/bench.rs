@@ -1,6 +1,310 @@
-//! `cargo xtask bench`: filled in below.
-use std::path::Path;
+//! `cargo xtask bench`: what tracing costs, measured as ratios within one run.
+//!
+//! 1. Per-call cost of hot loops, untraced, traced by `tracer record` (host-wide) and traced by
+//!    an equivalent bpftrace script; the workload runs pinned to CPU 0, tracers on CPU 1.
+//! 2. Sustained events/s through the collector, with the kernel's lost-event count.
+//! 3. Collector RSS while 10 000 threads are alive and parked.
 
-pub fn run(_root: &Path, _iters: u64, _threads: usize) -> anyhow::Result<()> {
-    anyhow::bail!("not yet")
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+/// The peer: the minimum this tool must observe, the bpftrace way. Park start/stop per tid,
+/// births and deaths, mmap/munmap bytes and brk per pid, poll counts per pid.
+const BPFTRACE_SCRIPT: &str = r#"
+tracepoint:syscalls:sys_enter_futex /(args->op & 127) == 0 || (args->op & 127) == 9/ { @park[tid] = nsecs; }
+tracepoint:syscalls:sys_exit_futex /@park[tid]/ { @parked_ns[pid] = sum(nsecs - @park[tid]); delete(@park[tid]); }
+tracepoint:syscalls:sys_enter_poll, tracepoint:syscalls:sys_enter_ppoll,
+tracepoint:syscalls:sys_enter_select, tracepoint:syscalls:sys_enter_pselect6 { @polls[pid] = count(); }
+tracepoint:syscalls:sys_enter_mmap { @mmap_bytes[pid] = sum(args->len); }
+tracepoint:syscalls:sys_enter_munmap { @munmap_bytes[pid] = sum(args->len); }
+tracepoint:syscalls:sys_exit_brk { @brk[pid] = max(args->ret); }
+tracepoint:task:task_newtask { @births[pid] = count(); }
+tracepoint:sched:sched_process_exit { @deaths[pid] = count(); }
+"#;
+
+struct Paths {
+    tracer: PathBuf,
+    workload: PathBuf,
+    tmp: PathBuf,
+}
+
+pub fn run(root: &Path, iters: u64, threads: usize) -> anyhow::Result<()> {
+    let p = Paths {
+        tracer: root.join("target/release/tracer"),
+        workload: root.join("target/release/workload"),
+        tmp: std::env::temp_dir().join(format!("tracer-bench-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&p.tmp)?;
+    let result = (|| {
+        per_call(&p, iters)?;
+        throughput(&p, iters)?;
+        collector_rss(&p, threads)
+    })();
+    let _ = std::fs::remove_dir_all(&p.tmp);
+    result
+}
+
+/// A tracer running in the background, stopped (SIGINT) on drop.
+struct Tracing {
+    child: Child,
+}
+
+impl Tracing {
+    fn tracer(p: &Paths, file: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        let child = Command::new("taskset")
+            .args(["-c", "1"])
+            .arg(&p.tracer)
+            .arg("record")
+            .arg("-o")
+            .arg(file)
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting tracer")?;
+        let mut t = Tracing { child };
+        t.wait_for_line("tracing host-wide", true)?;
+        Ok(t)
+    }
+
+    fn bpftrace(p: &Paths) -> anyhow::Result<Self> {
+        let script = p.tmp.join("peer.bt");
+        std::fs::write(&script, BPFTRACE_SCRIPT)?;
+        let child = Command::new("taskset")
+            .args(["-c", "1", "bpftrace"])
+            .arg(&script)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting bpftrace (apt-get install bpftrace)")?;
+        let mut t = Tracing { child };
+        t.wait_for_line("Attaching", false)?;
+        // bpftrace prints before the probes are all attached.
+        std::thread::sleep(Duration::from_millis(1500));
+        Ok(t)
+    }
+
+    fn wait_for_line(&mut self, needle: &str, stderr: bool) -> anyhow::Result<()> {
+        let pipe: Box<dyn std::io::Read + Send> = if stderr {
+            Box::new(self.child.stderr.take().expect("piped"))
+        } else {
+            Box::new(self.child.stdout.take().expect("piped"))
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let needle = needle.to_owned();
+        std::thread::spawn(move || {
+            let mut found = false;
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if !found && line.contains(&needle) {
+                    found = true;
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(30))
+            .context("the tracer did not start within 30 s")
+    }
+
+    fn stop(mut self) -> anyhow::Result<()> {
+        // SAFETY: signalling our own child.
+        unsafe { libc_kill(self.child.id() as i32, 2) };
+        let st = self.child.wait()?;
+        if !st.success() && st.code() != Some(130) && st.code().is_some() {
+            bail!("tracer exited with {st}");
+        }
+        Ok(())
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+impl Drop for Tracing {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child; harmless if it is gone.
+        unsafe { libc_kill(self.child.id() as i32, 2) };
+        let _ = self.child.wait();
+    }
+}
+
+/// Wall-clock ns per call of a workload hot loop.
+fn loop_ns(p: &Paths, what: &str, iters: u64) -> anyhow::Result<f64> {
+    Ok(loop_ns_both(p, what, iters)?.0)
+}
+
+/// CPU ns per call (user + system of the workload): the kernel programs' cost lands there,
+/// and scheduling noise does not.
+fn loop_cpu_ns(p: &Paths, what: &str, iters: u64) -> anyhow::Result<f64> {
+    Ok(loop_ns_both(p, what, iters)?.1)
+}
+
+fn loop_ns_both(p: &Paths, what: &str, iters: u64) -> anyhow::Result<(f64, f64)> {
+    let out = Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(&p.workload)
+        .args(["bench", what, &iters.to_string()])
+        .output()
+        .context("running the workload")?;
+    if !out.status.success() {
+        bail!(
+            "workload bench {what} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text.split_whitespace().map(str::parse::<f64>);
+    match (it.next(), it.next()) {
+        (Some(Ok(wall)), Some(Ok(cpu))) => Ok((wall, cpu)),
+        _ => bail!("unexpected workload output {text:?}"),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn per_call(p: &Paths, iters: u64) -> anyhow::Result<()> {
+    let loops: [(&str, u64); 5] = [
+        ("futex-wake", iters),
+        ("ppoll0", iters),
+        ("brk0", iters),
+        ("mmap", iters / 4),
+        ("thread", (iters / 100).max(100)),
+    ];
+    const ROUNDS: usize = 3;
+    // [loop][mode] samples; modes: untraced, tracer, bpftrace.
+    let mut samples = vec![[Vec::new(), Vec::new(), Vec::new()]; loops.len()];
+    for round in 0..ROUNDS {
+        eprintln!("bench: per-call round {}/{ROUNDS}", round + 1);
+        for (i, &(what, n)) in loops.iter().enumerate() {
+            samples[i][0].push(loop_cpu_ns(p, what, n)?);
+        }
+        {
+            let t = Tracing::tracer(p, &p.tmp.join("percall.trc"), &[])?;
+            for (i, &(what, n)) in loops.iter().enumerate() {
+                samples[i][1].push(loop_cpu_ns(p, what, n)?);
+            }
+            t.stop()?;
+        }
+        {
+            let t = Tracing::bpftrace(p)?;
+            for (i, &(what, n)) in loops.iter().enumerate() {
+                samples[i][2].push(loop_cpu_ns(p, what, n)?);
+            }
+            drop(t);
+        }
+        for (i, &(what, n)) in loops.iter().enumerate() {
+            samples[i][0].push(loop_cpu_ns(p, what, n)?);
+        }
+    }
+    println!(
+        "\n## Per-call cost (CPU ns/call of the workload, median of {ROUNDS} rounds; workload on CPU 0, tracers on CPU 1)"
+    );
+    println!(
+        "{:<12} {:>10} {:>10} {:>10} {:>12} {:>12} {:>8}",
+        "loop", "untraced", "tracer", "bpftrace", "tracer +ns", "bpftrace +ns", "ratio"
+    );
+    for (i, &(what, _)) in loops.iter().enumerate() {
+        let base = median(samples[i][0].clone());
+        let ours = median(samples[i][1].clone());
+        let peer = median(samples[i][2].clone());
+        let (a, b) = (ours - base, peer - base);
+        println!(
+            "{what:<12} {base:>10.1} {ours:>10.1} {peer:>10.1} {a:>12.1} {b:>12.1} {:>8.2}",
+            if b > 0.0 { a / b } else { f64::NAN }
+        );
+    }
+    println!("(ratio = tracer's added cost / bpftrace's added cost; target <= 0.30)");
+    Ok(())
+}
+
+fn report_json(p: &Paths, file: &Path) -> anyhow::Result<String> {
+    let out = Command::new(&p.tracer)
+        .args(["report", "--format", "json"])
+        .arg(file)
+        .output()?;
+    if !out.status.success() {
+        bail!("report failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Pulls `"key": <number>` out of the report JSON (xtask keeps no JSON dependency).
+fn json_u64(doc: &str, key: &str) -> Option<u64> {
+    let at = doc.find(&format!("\"{key}\":"))? + key.len() + 3;
+    let rest = doc[at..].trim_start();
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+fn throughput(p: &Paths, iters: u64) -> anyhow::Result<()> {
+    let file = p.tmp.join("throughput.trc");
+    // With --min-wait-ms 0 every futex wait is streamed: futex(WAIT) with a stale value
+    // returns at once, so this is the fastest way to make real events.
+    let t = Tracing::tracer(p, &file, &["--min-wait-ms", "0"])?;
+    let n = iters * 4;
+    let start = Instant::now();
+    let ns = loop_ns(p, "futex-eagain", n)?;
+    let secs = start.elapsed().as_secs_f64();
+    t.stop()?;
+    let doc = report_json(p, &file)?;
+    let events = json_u64(&doc, "events").unwrap_or(0);
+    let lost = json_u64(&doc, "lost_events").unwrap_or(u64::MAX);
+    let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+    println!("\n## Sustained throughput (streamed futex waits on CPU 0, collector on CPU 1)");
+    println!(
+        "{n} events from the workload in {secs:.2} s ({ns:.0} ns per call) = {:.2} M events/s; \
+         {events} events recorded in all, {lost} lost; file {:.1} MiB",
+        n as f64 / (ns * n as f64 / 1e9) / 1e6,
+        size as f64 / (1 << 20) as f64
+    );
+    Ok(())
+}
+
+fn collector_rss(p: &Paths, threads: usize) -> anyhow::Result<()> {
+    let file = p.tmp.join("rss.trc");
+    let t = Tracing::tracer(p, &file, &[])?;
+    let mut hold = Command::new(&p.workload)
+        .args(["hold", &threads.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(hold.stdout.take().expect("piped")).read_line(&mut line)?;
+    // Let a few samples of the 10k-entry WAITING map go through the collector.
+    std::thread::sleep(Duration::from_secs(4));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", t.child.id()))?;
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let (rss, hwm) = (kib("VmRSS:"), kib("VmHWM:"));
+    drop(hold.stdin.take());
+    hold.stdin.take();
+    let _ = hold.wait();
+    let _ = std::io::stdout().flush();
+    t.stop()?;
+    let doc = report_json(p, &file)?;
+    let lost = json_u64(&doc, "lost_events").unwrap_or(u64::MAX);
+    println!("\n## Collector memory with {threads} threads alive and parked");
+    println!(
+        "collector VmRSS {:.1} MiB (peak {:.1} MiB), {lost} events lost (target < 40 MiB)",
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
+    Ok(())
 }

@@ -163,9 +163,21 @@ fn oom(cgroup_dir: &str) -> ! {
     }
 }
 
-/// Hot loops for the benchmark: `iters` calls, prints the mean ns per call.
+/// CPU time (user + system) of the whole process so far, in ns. Kernel programs run in the
+/// context of the traced task, so their cost shows here; idle time waiting for a thread to be
+/// scheduled does not, which makes it steadier than wall time.
+fn cpu_ns() -> u64 {
+    // SAFETY: valid out-pointer.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Hot loops for the benchmark: `iters` calls; prints the mean wall-clock and CPU ns per call.
 fn bench(what: &str, iters: u64) {
     let word = AtomicU32::new(0);
+    let cpu_start = cpu_ns();
     let start = Instant::now();
     for _ in 0..iters {
         // SAFETY: each arm is a plain syscall with valid arguments.
@@ -173,6 +185,14 @@ fn bench(what: &str, iters: u64) {
             match what {
                 "futex-wake" => {
                     futex(&word, libc::FUTEX_WAKE, 1);
+                }
+                "futex-eagain" => {
+                    // The word is 0, the expected value 1: returns EAGAIN at once, a futex
+                    // wait that never parks (streamed when --min-wait-ms is 0).
+                    futex(&word, libc::FUTEX_WAIT, 1);
+                }
+                "poll0" => {
+                    libc::syscall(libc::SYS_poll, std::ptr::null_mut::<libc::c_void>(), 0, 0);
                 }
                 "ppoll0" => {
                     let t = libc::timespec {
@@ -206,7 +226,8 @@ fn bench(what: &str, iters: u64) {
         }
     }
     let ns = start.elapsed().as_nanos() as f64 / iters as f64;
-    println!("{ns:.1}");
+    let cpu = (cpu_ns() - cpu_start) as f64 / iters as f64;
+    println!("{ns:.1} {cpu:.1}");
 }
 
 /// Holds n threads parked on a futex until stdin closes (for the collector-RSS benchmark).

@@ -85,11 +85,14 @@ impl Probes {
         }
         let self_tgid = std::process::id();
         let filter = cfg.filter as u32;
+        let offsets = TaskOffsets::from_btf();
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::MIN_WAIT_NS, &cfg.min_wait_ns, true)
             .override_global(globals::RSS_GRANULE, &cfg.rss_granule, true)
             .override_global(globals::SELF_TGID, &self_tgid, true)
             .override_global(globals::FILTER, &filter, true)
+            .override_global(globals::TASK_CSW_OFF, &offsets.csw, true)
+            .override_global(globals::TASK_EXIT_CODE_OFF, &offsets.exit_code, true)
             .load(OBJECT)
             .map_err(LoadError::Bpf)?;
 
@@ -146,6 +149,37 @@ impl Probes {
 
     pub fn failed(&self) -> impl Iterator<Item = &ProbeStatus> {
         self.status.iter().filter(|s| !s.attached)
+    }
+}
+
+/// `task_struct` field offsets the kernel programs use; 0 disables what needs them.
+struct TaskOffsets {
+    /// `nvcsw`, immediately followed by `nivcsw`.
+    csw: u64,
+    exit_code: u64,
+}
+
+impl TaskOffsets {
+    fn from_btf() -> Self {
+        let Some(btf) = super::btf::KernelBtf::load() else {
+            tracing::warn!(
+                "no kernel BTF at /sys/kernel/btf/vmlinux: exit codes of killed processes are \
+                 unknown, and zero-timeout polls cost one extra map lookup"
+            );
+            return Self {
+                csw: 0,
+                exit_code: 0,
+            };
+        };
+        let off = |f| btf.member_offset("task_struct", f).map(u64::from);
+        let csw = match (off("nvcsw"), off("nivcsw")) {
+            (Some(a), Some(b)) if b == a + 8 => a,
+            _ => 0,
+        };
+        Self {
+            csw,
+            exit_code: off("exit_code").unwrap_or(0),
+        }
     }
 }
 

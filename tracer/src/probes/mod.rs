@@ -1,5 +1,6 @@
 //! Loading and attaching the kernel programs, and reading their maps.
 
+mod btf;
 mod formats;
 mod load;
 mod maps;
