@@ -243,6 +243,6 @@ const _: () = {
 mod pod {
     // SAFETY: all these are repr(C), Copy, made only of integers, without implicit padding
     // (checked by the size assertions above), so every bit pattern is valid.
-    unsafe impl aya::Pod for super::maps::WaitState {}
+    unsafe impl aya::Pod for super::maps::WaitSlot {}
     unsafe impl aya::Pod for super::maps::RssLast {}
 }

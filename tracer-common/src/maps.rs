@@ -12,18 +12,29 @@ pub const EVENTS_BYTES: u32 = 8 << 20;
 /// `BPF_RB_NO_WAKEUP` and the collector polls on a short timer (a wakeup costs ~2 µs here).
 pub const WAKEUP_THRESHOLD_BYTES: u64 = 256 << 10;
 
-/// tid → [`WaitState`] of every thread blocked in a futex wait or a poll-family call right now.
-/// Entries are inserted on syscall entry and removed on its exit and at task exit, so they
-/// live only while a thread is blocked. Sized for 64 Ki simultaneously blocked threads
-/// host-wide; when full, the insert fails and is counted in [`Stat::WaitMapFull`] (a plain hash,
-/// not LRU: the oldest parks are the interesting ones and must not be evicted).
+/// Threads blocked in a futex wait or a poll-family call right now: a direct-mapped table of
+/// [`WaitSlot`]s indexed by `tid & (WAIT_SLOTS_LEN - 1)`. An array slot costs a few ns where a
+/// hash insert + lookup + delete costs hundreds (shared/perf-floor.md), so every call that
+/// can block gets one, whatever its timeout, and is classified at exit by its duration: no
+/// user-memory read of the timeout is needed (that read alone costs ~190 ns here).
+/// The array is mmapable: the collector reads it in place, without a syscall per entry.
+/// A slot is taken at syscall entry and freed at its exit or at task exit.
+pub const WAIT_SLOTS: &str = "WAIT_SLOTS";
+pub const WAIT_SLOTS_LEN: u32 = 1 << 17;
+/// Overflow for the rare thread whose slot is held by another blocked thread (tids equal
+/// modulo `WAIT_SLOTS_LEN`): tid → [`WaitSlot`]. Entries leave at syscall exit and task exit.
+/// A plain hash, not LRU: the oldest parks are the interesting ones. When full, the wait is
+/// not tracked and [`Stat::WaitMapFull`] counts it.
 pub const WAITING: &str = "WAITING";
-pub const WAITING_MAX: u32 = 65_536;
+pub const WAITING_MAX: u32 = 16_384;
 
-/// mm_id → [`RssLast`]: the last RSS values emitted per mm, to emit only moves of at least the
-/// granule. LRU: an evicted mm just gets a fresh event on its next change.
+/// Per-CPU direct-mapped cache of the last RSS values emitted per mm, indexed by
+/// `mm_id & (RSS_LAST_LEN - 1)`: only moves of at least the granule are streamed. `rss_stat`
+/// fires at page-fault rate, so this is an array (lookups are inlined), not a hash. A slot
+/// held by another mm is taken over (that mm just gets a fresh event on its next change).
+/// Each CPU keeps its own copy, so an mm faulting on n CPUs streams up to n times as often.
 pub const RSS_LAST: &str = "RSS_LAST";
-pub const RSS_LAST_MAX: u32 = 16_384;
+pub const RSS_LAST_LEN: u32 = 1024;
 
 /// tgids traced when the collector filters (`--pid`, `-- CMD`); children of traced tgids are
 /// added by the kernel at fork, and entries are removed when the process exits. Unused (and
@@ -45,50 +56,41 @@ pub mod globals {
     pub const SELF_TGID: &str = "SELF_TGID";
     /// Non-zero: only tgids in the `TRACED` map are traced.
     pub const FILTER: &str = "FILTER";
-    /// Offset of `task_struct.nvcsw` (followed by `nivcsw`), from BTF; 0 if unknown.
-    pub const TASK_CSW_OFF: &str = "TASK_CSW_OFF";
     /// Offset of `task_struct.exit_code`, from BTF; 0 if unknown.
     pub const TASK_EXIT_CODE_OFF: &str = "TASK_EXIT_CODE_OFF";
 }
 
-/// Per-thread state of a blocked thread, the value of the `WAITING` map.
+/// A blocked thread: the value of `WAIT_SLOTS` and `WAITING`. `tid` is 0 in a free slot and is
+/// written last, so a reader that sees it non-zero sees the rest.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct WaitState {
+pub struct WaitSlot {
     pub start_ns: u64,
     pub uaddr: u64,
-    pub cgroup_id: u64,
+    pub tid: u32,
     pub tgid: u32,
     /// The syscall number.
-    pub syscall: u32,
-    /// futex op (masked) or nfds.
-    pub op: u32,
+    pub syscall: u16,
+    /// futex op (masked) or, for polls, nfds (saturated at 65535).
+    pub op: u16,
     pub _pad: u32,
 }
 
-/// Per-CPU slot of the `NONBLOCK` map: the thread that entered a zero-timeout poll on this
-/// CPU, with its context-switch count at entry. At exit, the same tid with the same count
-/// proves the thread neither slept nor migrated since, so it is that call's exit and the
-/// `WAITING` lookup can be skipped. Any other case falls back to the lookup.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NonBlock {
-    pub csw: u64,
-    pub tid: u32,
-    pub _pad: u32,
-}
-
-/// Value of the `RSS_LAST` map: the last emitted size of each RSS counter, in bytes.
+/// Value of the `RSS_LAST` map: the mm a slot belongs to and the last emitted size of each of
+/// its RSS counters, in bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RssLast {
+    pub mm_id: u32,
+    pub _pad: u32,
     pub size: [i64; crate::RSS_MEMBERS],
 }
 
 const _: () = {
-    assert!(size_of::<WaitState>() == 40);
-    assert!(size_of::<RssLast>() == 32);
-    assert!(size_of::<NonBlock>() == 16);
+    assert!(size_of::<WaitSlot>() == 32);
+    assert!(size_of::<RssLast>() == 40);
+    assert!(RSS_LAST_LEN.is_power_of_two());
+    assert!(WAIT_SLOTS_LEN.is_power_of_two());
 };
 
 /// Indexes of the per-CPU `STATS` counters. Stable: trace files store them by name, but keep
@@ -106,9 +108,9 @@ pub enum Stat {
     FutexWakes,
     /// futex waits shorter than `MIN_WAIT_NS` (counted, not streamed).
     FutexShortWaits,
-    /// Poll-family calls with a zero timeout (counted, not streamed).
+    /// poll/epoll_wait calls with a zero (register) timeout, never tracked (counted).
     PollNonBlocking,
-    /// Poll-family waits shorter than `MIN_WAIT_NS`.
+    /// Poll-family calls shorter than `MIN_WAIT_NS`, zero-timeout ppoll/select included.
     PollShortWaits,
     /// `brk(0)` queries (counted, not streamed).
     BrkQueries,

@@ -1,7 +1,7 @@
 //! Maps, globals and the helpers every program uses: filtering, headers, counters, emitting.
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_F_MMAPABLE, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::{
@@ -10,13 +10,13 @@ use aya_ebpf::{
         },
     },
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
     EventHeader, EventKind,
     maps::{
-        EVENTS_BYTES, NonBlock, RSS_LAST_MAX, RssLast, Stat, TRACED_MAX, WAITING_MAX,
-        WAKEUP_THRESHOLD_BYTES, WaitState,
+        EVENTS_BYTES, RSS_LAST_LEN, RssLast, Stat, TRACED_MAX, WAIT_SLOTS_LEN, WAITING_MAX,
+        WAKEUP_THRESHOLD_BYTES, WaitSlot,
     },
 };
 
@@ -24,9 +24,11 @@ use tracer_common::{
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 #[map]
-pub static WAITING: HashMap<u32, WaitState> = HashMap::with_max_entries(WAITING_MAX, 0);
+pub static WAIT_SLOTS: Array<WaitSlot> = Array::with_max_entries(WAIT_SLOTS_LEN, BPF_F_MMAPABLE);
 #[map]
-pub static RSS_LAST: LruHashMap<u32, RssLast> = LruHashMap::with_max_entries(RSS_LAST_MAX, 0);
+pub static WAITING: HashMap<u32, WaitSlot> = HashMap::with_max_entries(WAITING_MAX, 0);
+#[map]
+pub static RSS_LAST: PerCpuArray<RssLast> = PerCpuArray::with_max_entries(RSS_LAST_LEN, 0);
 #[map]
 pub static TRACED: HashMap<u32, u32> = HashMap::with_max_entries(TRACED_MAX, 0);
 /// The tgid that last exec'd on this CPU, until its first `brk(0)`: that query gives the new
@@ -35,10 +37,6 @@ pub static TRACED: HashMap<u32, u32> = HashMap::with_max_entries(TRACED_MAX, 0);
 /// preemption), one slot, overwritten by the next exec: no eviction needed.
 #[map]
 pub static EXEC_PENDING: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
-/// See `tracer_common::maps::NonBlock`: one slot per CPU, overwritten by the next zero-timeout
-/// poll on that CPU.
-#[map]
-pub static NONBLOCK: PerCpuArray<NonBlock> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
 
@@ -53,30 +51,7 @@ static SELF_TGID: u32 = 0;
 #[unsafe(no_mangle)]
 static FILTER: u32 = 0;
 #[unsafe(no_mangle)]
-static TASK_CSW_OFF: u64 = 0;
-#[unsafe(no_mangle)]
 static TASK_EXIT_CODE_OFF: u64 = 0;
-
-/// Offset of `task_struct.nvcsw`; 0 when unknown. A frozen .rodata value, so the verifier
-/// knows it as a constant (which direct BTF loads need).
-#[inline(always)]
-pub fn task_csw_off() -> usize {
-    unsafe { core::ptr::read_volatile(&TASK_CSW_OFF) as usize }
-}
-
-/// The current task's context-switch count (nvcsw + nivcsw) through a probe read, or None when
-/// the offset is unknown. BTF programs read it directly instead (see `syscall::Regs`).
-#[inline(always)]
-pub fn current_csw() -> Option<u64> {
-    let off = task_csw_off() as u64;
-    if off == 0 {
-        return None;
-    }
-    let task = unsafe { bpf_get_current_task() } as *const u8;
-    let v: [u64; 2] =
-        unsafe { bpf_probe_read_kernel(task.add(off as usize) as *const [u64; 2]) }.ok()?;
-    Some(v[0].wrapping_add(v[1]))
-}
 
 /// The current task's `exit_code`, or -1 when the offset is unknown.
 #[inline(always)]
@@ -189,4 +164,22 @@ pub fn reserve<T: 'static>() -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<T>
 pub fn submit<T: 'static>(entry: aya_ebpf::maps::ring_buf::RingBufEntry<T>) {
     entry.submit(submit_flags());
     bump(Stat::Submitted);
+}
+
+/// The `WAIT_SLOTS` entry of a tid.
+#[inline(always)]
+pub fn wait_slot(tid: u32) -> Option<*mut WaitSlot> {
+    WAIT_SLOTS.get_ptr_mut(tid & (WAIT_SLOTS_LEN - 1))
+}
+
+/// Forgets the blocked state of a tid (its slot, or its overflow entry).
+#[inline(always)]
+pub fn clear_wait(tid: u32) {
+    if let Some(p) = wait_slot(tid)
+        && unsafe { (*p).tid } == tid
+    {
+        unsafe { core::ptr::write_volatile(&mut (*p).tid, 0) };
+        return;
+    }
+    let _ = WAITING.remove(&tid);
 }

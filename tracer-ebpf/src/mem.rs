@@ -3,7 +3,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::{
     EventKind, OomEvent, RSS_MEMBERS, RssEvent,
-    maps::{RssLast, Stat},
+    maps::{RSS_LAST_LEN, RssLast, Stat},
     tracepoints::*,
 };
 
@@ -33,20 +33,21 @@ pub fn rss_stat(ctx: TracePointContext) -> u32 {
     let member = member as usize;
     let mm_id: u32 = field(&ctx, RSS_MM_ID);
     let size: i64 = field(&ctx, RSS_SIZE);
-    match RSS_LAST.get_ptr_mut(&mm_id) {
-        Some(last) => {
-            let prev = unsafe { (*last).size[member] };
+    let Some(last) = RSS_LAST.get_ptr_mut(mm_id & (RSS_LAST_LEN - 1)) else {
+        return 0;
+    };
+    unsafe {
+        if (*last).mm_id == mm_id {
+            let prev = (*last).size[member];
             if (size - prev).abs() < rss_granule() && size != 0 {
                 bump(Stat::RssFiltered);
                 return 0;
             }
-            unsafe { (*last).size[member] = size };
+        } else {
+            *last = RssLast::default();
+            (*last).mm_id = mm_id;
         }
-        None => {
-            let mut last = RssLast::default();
-            last.size[member] = size;
-            let _ = RSS_LAST.insert(&mm_id, &last, 0);
-        }
+        (*last).size[member] = size;
     }
     emit(&RssEvent {
         hdr: header(EventKind::Rss, now_ns(), tgid, tid),

@@ -10,19 +10,18 @@
 //! polls and `brk(0)` are counted per CPU and never streamed.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_probe_read_user},
+    helpers::bpf_probe_read_kernel,
     macros::{btf_tracepoint, raw_tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 use tracer_common::{
     EventKind, ExitCallEvent, MemEvent, WaitEvent,
-    maps::{Stat, WaitState},
+    maps::{Stat, WaitSlot},
     syscalls::{self as nr, FUTEX_FLAGS, futex_op_waits},
 };
 
 use crate::emit::{
-    EXEC_PENDING, NONBLOCK, WAITING, bump, current_csw, emit, header, min_wait_ns, now_ns,
-    pid_tgid, task_csw_off, traced,
+    EXEC_PENDING, WAITING, bump, emit, header, min_wait_ns, now_ns, pid_tgid, traced, wait_slot,
 };
 
 // x86_64 `struct pt_regs` word indexes. The layout is user ABI (ptrace), so fixed offsets are
@@ -38,8 +37,6 @@ const ORIG_AX: usize = 15;
 /// directly; raw tracepoints get an untyped one that needs `bpf_probe_read_kernel`.
 trait Regs: Copy {
     fn word(self, i: usize) -> u64;
-    /// The current task's context-switch count (nvcsw + nivcsw), None if unknown.
-    fn csw() -> Option<u64>;
 }
 
 #[derive(Clone, Copy)]
@@ -49,22 +46,6 @@ impl Regs for BtfRegs {
     fn word(self, i: usize) -> u64 {
         unsafe { core::ptr::read_volatile(self.0.add(i)) }
     }
-    #[inline(always)]
-    fn csw() -> Option<u64> {
-        let off = task_csw_off();
-        if off == 0 {
-            return None;
-        }
-        // A trusted BTF pointer: plain loads at constant member offsets, no helper call.
-        let task = unsafe { bpf_get_current_task_btf() } as *const u8;
-        let (a, b) = unsafe {
-            (
-                core::ptr::read_volatile(task.add(off) as *const u64),
-                core::ptr::read_volatile(task.add(off + 8) as *const u64),
-            )
-        };
-        Some(a.wrapping_add(b))
-    }
 }
 
 #[derive(Clone, Copy)]
@@ -73,10 +54,6 @@ impl Regs for RawRegs {
     #[inline(always)]
     fn word(self, i: usize) -> u64 {
         unsafe { bpf_probe_read_kernel(self.0.add(i)) }.unwrap_or(0)
-    }
-    #[inline(always)]
-    fn csw() -> Option<u64> {
-        current_csw()
     }
 }
 
@@ -122,20 +99,18 @@ fn on_enter<R: Regs>(r: R, id: u32) {
         }
         nr::FUTEX_WAIT | nr::FUTEX_WAITV => begin_wait(id, r.word(DI), 0),
         nr::FUTEX_WAKE => bump(Stat::FutexWakes),
+        // Integer timeouts are in the registers: a zero one cannot block, skip it. Pointer
+        // timeouts (ppoll, select, pselect6, epoll_pwait2) are not read (a user-memory read
+        // costs more than tracking the call): the exit classifies them by duration.
+        nr::POLL if r.word(DX) as i32 == 0 => bump(Stat::PollNonBlocking),
+        nr::EPOLL_WAIT | nr::EPOLL_PWAIT if r.word(R10) as i32 == 0 => bump(Stat::PollNonBlocking),
         nr::POLL
         | nr::PPOLL
         | nr::SELECT
         | nr::PSELECT6
         | nr::EPOLL_WAIT
         | nr::EPOLL_PWAIT
-        | nr::EPOLL_PWAIT2 => {
-            if poll_blocks(id, r) {
-                begin_wait(id, r.word(DI), r.word(SI) as u32);
-            } else {
-                bump(Stat::PollNonBlocking);
-                mark_nonblocking::<R>();
-            }
-        }
+        | nr::EPOLL_PWAIT2 => begin_wait(id, r.word(DI), r.word(SI).min(u16::MAX as u64) as u32),
         nr::EXIT | nr::EXIT_GROUP => {
             let (tgid, tid) = pid_tgid();
             if !traced(tgid) {
@@ -151,67 +126,35 @@ fn on_enter<R: Regs>(r: R, id: u32) {
     }
 }
 
-/// Notes, per CPU, that this thread is in a zero-timeout poll (see `NonBlock`).
-#[inline(always)]
-fn mark_nonblocking<R: Regs>() {
-    let Some(csw) = R::csw() else { return };
-    if let Some(slot) = NONBLOCK.get_ptr_mut(0) {
-        unsafe {
-            (*slot).tid = pid_tgid().1;
-            (*slot).csw = csw;
-        }
-    }
-}
-
-/// True when this exit belongs to the zero-timeout poll this thread entered on this CPU
-/// without sleeping or migrating since: nothing was put in `WAITING` for it.
-#[inline(always)]
-fn was_nonblocking<R: Regs>() -> bool {
-    let Some(slot) = NONBLOCK.get_ptr_mut(0) else {
-        return false;
-    };
-    let tid = pid_tgid().1;
-    if unsafe { (*slot).tid } != tid {
-        return false;
-    }
-    unsafe { (*slot).tid = 0 };
-    R::csw() == Some(unsafe { (*slot).csw })
-}
-
-/// False for a poll-family call that returns at once (zero timeout). A timeout pointer that
-/// cannot be read counts as blocking: the call will fail with EFAULT and the exit cleans up.
-#[inline(always)]
-fn poll_blocks<R: Regs>(id: u32, r: R) -> bool {
-    // Pointer to a {seconds, sub-second} pair (timespec or timeval); NULL means wait forever.
-    let pair_ptr = match id {
-        nr::POLL => return r.word(DX) as i32 != 0,
-        nr::EPOLL_WAIT | nr::EPOLL_PWAIT => return r.word(R10) as i32 != 0,
-        nr::PPOLL => r.word(DX),
-        nr::SELECT | nr::PSELECT6 => r.word(R8),
-        _ => r.word(R10), // epoll_pwait2
-    };
-    if pair_ptr == 0 {
-        return true;
-    }
-    match unsafe { bpf_probe_read_user(pair_ptr as *const [i64; 2]) } {
-        Ok(pair) => pair[0] != 0 || pair[1] != 0,
-        Err(_) => true,
-    }
-}
-
 #[inline(always)]
 fn begin_wait(id: u32, uaddr: u64, op: u32) {
     let (tgid, tid) = pid_tgid();
     if !traced(tgid) {
         return;
     }
-    let state = WaitState {
-        start_ns: now_ns(),
+    let start_ns = now_ns();
+    if let Some(p) = wait_slot(tid) {
+        let holder = unsafe { (*p).tid };
+        if holder == 0 || holder == tid {
+            unsafe {
+                (*p).start_ns = start_ns;
+                (*p).uaddr = uaddr;
+                (*p).tgid = tgid;
+                (*p).syscall = id as u16;
+                (*p).op = op as u16;
+                // Last: readers take a non-zero tid as "the rest is valid".
+                core::ptr::write_volatile(&mut (*p).tid, tid);
+            }
+            return;
+        }
+    }
+    let state = WaitSlot {
+        start_ns,
         uaddr,
-        cgroup_id: crate::emit::cgroup_id(),
+        tid,
         tgid,
-        syscall: id,
-        op,
+        syscall: id as u16,
+        op: op as u16,
         _pad: 0,
     };
     if WAITING.insert(&tid, &state, 0).is_err() {
@@ -219,14 +162,29 @@ fn begin_wait(id: u32, uaddr: u64, op: u32) {
     }
 }
 
+/// Takes the blocked state of the current thread out of its slot (or the overflow map).
+#[inline(always)]
+fn take_wait(tid: u32) -> Option<WaitSlot> {
+    if let Some(p) = wait_slot(tid)
+        && unsafe { (*p).tid } == tid
+    {
+        let state = unsafe { *p };
+        unsafe { core::ptr::write_volatile(&mut (*p).tid, 0) };
+        return Some(state);
+    }
+    // Not in its slot: in the overflow map, or never tracked (filtered out, or blocked since
+    // before tracing started).
+    let state = unsafe { WAITING.get(&tid) }.copied()?;
+    let _ = WAITING.remove(&tid);
+    Some(state)
+}
+
 #[inline(always)]
 fn end_wait(kind: EventKind, short: Stat, ret: i64) {
     let (tgid, tid) = pid_tgid();
-    // Copy out before the delete frees the element.
-    let Some(state) = (unsafe { WAITING.get(&tid) }).copied() else {
+    let Some(state) = take_wait(tid) else {
         return;
     };
-    let _ = WAITING.remove(&tid);
     let now = now_ns();
     if now.saturating_sub(state.start_ns) < min_wait_ns() {
         bump(short);
@@ -237,8 +195,8 @@ fn end_wait(kind: EventKind, short: Stat, ret: i64) {
         start_ns: state.start_ns,
         uaddr: state.uaddr,
         ret,
-        syscall: state.syscall,
-        op: state.op,
+        syscall: state.syscall as u32,
+        op: state.op as u32,
     });
 }
 
@@ -264,11 +222,7 @@ fn on_exit<R: Regs>(r: R, ret: i64) {
         | nr::PSELECT6
         | nr::EPOLL_WAIT
         | nr::EPOLL_PWAIT
-        | nr::EPOLL_PWAIT2 => {
-            if !was_nonblocking::<R>() {
-                end_wait(EventKind::PollWait, Stat::PollShortWaits, ret)
-            }
-        }
+        | nr::EPOLL_PWAIT2 => end_wait(EventKind::PollWait, Stat::PollShortWaits, ret),
         nr::MMAP | nr::MUNMAP | nr::MREMAP | nr::BRK => on_mem_exit(id, r, ret),
         _ => {}
     }

@@ -16,7 +16,7 @@ use tracer_common::{
 };
 
 use crate::emit::{
-    EXEC_PENDING, TRACED, WAITING, bump, current_exit_code, emit, filtering, header, now_ns,
+    EXEC_PENDING, TRACED, bump, clear_wait, current_exit_code, emit, filtering, header, now_ns,
     pid_tgid, reserve, submit, traced,
 };
 
@@ -60,7 +60,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let (tgid, tid) = pid_tgid();
     // A thread killed while blocked may never run its syscall exit: drop its state here so
     // WAITING cannot fill with the dead.
-    let _ = WAITING.remove(&tid);
+    clear_wait(tid);
     if !traced(tgid) {
         return 0;
     }

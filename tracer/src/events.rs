@@ -117,7 +117,6 @@ pub fn cstr(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tracer_common::{COMM_LEN, maps::WaitState};
 
     fn hdr(kind: EventKind) -> EventHeader {
         EventHeader {
@@ -163,8 +162,6 @@ mod tests {
             _pad: 0,
         };
         assert_eq!(decode(&bytes_of(&m)), Ok(Event::Mremap(m)));
-        let _ = WaitState::default();
-        let _ = COMM_LEN;
     }
 
     #[test]

@@ -8,11 +8,11 @@ use aya::{
 };
 use thiserror::Error;
 use tracer_common::{
-    maps::{self as m, WaitState, globals},
+    maps::{self as m, WaitSlot, globals},
     tracepoints,
 };
 
-use super::{KernelStats, formats, tracefs};
+use super::{KernelStats, WaitTable, formats, tracefs};
 use crate::tracefile::ProbeStatus;
 
 /// The kernel object, built from `tracer-ebpf` by build.rs and embedded so that the binary is
@@ -34,6 +34,8 @@ pub enum LoadError {
     Bpf(#[source] aya::EbpfError),
     #[error("map {0} is missing from the eBPF object: the build is broken, rebuild the tracer")]
     MissingMap(&'static str),
+    #[error("mapping the WAIT_SLOTS array into memory failed: {0}")]
+    Mmap(#[source] std::io::Error),
     #[error("opening map {name}: {source}")]
     Map {
         name: &'static str,
@@ -72,7 +74,8 @@ pub struct Probes {
     _ebpf: Ebpf,
     pub status: Vec<ProbeStatus>,
     pub events: RingBuf<MapData>,
-    pub waiting: HashMap<MapData, u32, WaitState>,
+    pub slots: WaitTable,
+    pub waiting: HashMap<MapData, u32, WaitSlot>,
     pub traced: HashMap<MapData, u32, u32>,
     pub stats: PerCpuArray<MapData, u64>,
 }
@@ -91,7 +94,6 @@ impl Probes {
             .override_global(globals::RSS_GRANULE, &cfg.rss_granule, true)
             .override_global(globals::SELF_TGID, &self_tgid, true)
             .override_global(globals::FILTER, &filter, true)
-            .override_global(globals::TASK_CSW_OFF, &offsets.csw, true)
             .override_global(globals::TASK_EXIT_CODE_OFF, &offsets.exit_code, true)
             .load(OBJECT)
             .map_err(LoadError::Bpf)?;
@@ -120,12 +122,17 @@ impl Probes {
         let events = RingBuf::try_from(take(&mut ebpf, m::EVENTS)?).map_err(map_err(m::EVENTS))?;
         let waiting =
             HashMap::try_from(take(&mut ebpf, m::WAITING)?).map_err(map_err(m::WAITING))?;
+        let slots = match take(&mut ebpf, m::WAIT_SLOTS)? {
+            aya::maps::Map::Array(data) => WaitTable::map(data).map_err(LoadError::Mmap)?,
+            _ => return Err(LoadError::MissingMap(m::WAIT_SLOTS)),
+        };
         let traced = HashMap::try_from(take(&mut ebpf, m::TRACED)?).map_err(map_err(m::TRACED))?;
         let stats = PerCpuArray::try_from(take(&mut ebpf, m::STATS)?).map_err(map_err(m::STATS))?;
         Ok(Self {
             _ebpf: ebpf,
             status,
             events,
+            slots,
             waiting,
             traced,
             stats,
@@ -141,10 +148,12 @@ impl Probes {
         KernelStats::read(&self.stats)
     }
 
-    /// The blocked threads right now: (tid, state).
-    pub fn waiting(&self) -> Vec<(u32, WaitState)> {
+    /// The blocked threads right now: the slot table, plus the overflow map when it is used.
+    pub fn waiting(&self) -> Vec<WaitSlot> {
+        let mut v = self.slots.occupied();
         // Entries can vanish between key and value lookups (the thread woke): skip those.
-        self.waiting.iter().filter_map(Result::ok).collect()
+        v.extend(self.waiting.iter().filter_map(Result::ok).map(|(_, s)| s));
+        v
     }
 
     pub fn failed(&self) -> impl Iterator<Item = &ProbeStatus> {
@@ -154,8 +163,6 @@ impl Probes {
 
 /// `task_struct` field offsets the kernel programs use; 0 disables what needs them.
 struct TaskOffsets {
-    /// `nvcsw`, immediately followed by `nivcsw`.
-    csw: u64,
     exit_code: u64,
 }
 
@@ -163,21 +170,13 @@ impl TaskOffsets {
     fn from_btf() -> Self {
         let Some(btf) = super::btf::KernelBtf::load() else {
             tracing::warn!(
-                "no kernel BTF at /sys/kernel/btf/vmlinux: exit codes of killed processes are \
-                 unknown, and zero-timeout polls cost one extra map lookup"
+                "no kernel BTF at /sys/kernel/btf/vmlinux: the signal that killed a process \
+                 is unknown (deaths by signal are still told apart from exits)"
             );
-            return Self {
-                csw: 0,
-                exit_code: 0,
-            };
+            return Self { exit_code: 0 };
         };
         let off = |f| btf.member_offset("task_struct", f).map(u64::from);
-        let csw = match (off("nvcsw"), off("nivcsw")) {
-            (Some(a), Some(b)) if b == a + 8 => a,
-            _ => 0,
-        };
         Self {
-            csw,
             exit_code: off("exit_code").unwrap_or(0),
         }
     }

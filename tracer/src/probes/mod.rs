@@ -7,5 +7,5 @@ mod maps;
 mod tracefs;
 
 pub use load::{LoadConfig, LoadError, Probes};
-pub use maps::{KernelStats, wait_snapshot};
+pub use maps::{KernelStats, WaitTable, wait_snapshot};
 pub use tracefs::ensure_tracefs;
