@@ -220,3 +220,37 @@ fn report_json_has_the_documented_fields() {
     }
     assert_eq!(w["threads_created"], 2);
 }
+
+#[test]
+fn hostile_process_names_are_escaped() {
+    let name = "\x1b[31mX\x07\u{202e}";
+    let t = record(&[], &[workload(), "rename", name]);
+    assert_eq!(t.status, 0, "{}", t.stderr());
+    let text = std::process::Command::new(tracer_bin())
+        .args(["report", "--all"])
+        .arg(&t.path)
+        .output()
+        .expect("report");
+    let text = String::from_utf8(text.stdout).expect("utf-8");
+    assert!(
+        !text.contains('\x1b') && !text.contains('\x07'),
+        "raw control bytes: {text:?}"
+    );
+    assert!(!text.contains('\u{202e}'), "raw bidi override");
+    assert!(text.contains("\\x1b[31mX\\x07\\u{202e}"), "{text}");
+    let json = std::process::Command::new(tracer_bin())
+        .args(["report", "--format", "json"])
+        .arg(&t.path)
+        .output()
+        .expect("report");
+    assert!(
+        !json.stdout.contains(&0x1b),
+        "JSON escapes control characters"
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&json.stdout).expect("valid JSON");
+    let procs = doc["processes"].as_array().unwrap();
+    assert!(
+        procs.iter().any(|p| p["comm"] == name),
+        "the name survives, escaped, in JSON"
+    );
+}

@@ -298,12 +298,38 @@ fn kernel_release() -> String {
         .unwrap_or_default()
 }
 
+/// Threads blocked before the programs were attached never went through their syscall entry:
+/// put them in the kernel's wait table as if they had, so they show as parked and their
+/// wake-up is traced. Their start is "when tracing started" (the real one is unknown). A thread
+/// that woke while we looked is taken out again.
+fn seed_blocked(probes: &Probes, seeds: &[crate::tracefile::ProcessSeed]) -> usize {
+    let now = monotonic_ns();
+    let mut n = 0;
+    for p in seeds {
+        for &tid in &p.tids {
+            let Some(slot) = seed::blocked(p.pid, tid, now) else {
+                continue;
+            };
+            if !probes.slots.insert(slot) {
+                continue;
+            }
+            if seed::blocked(p.pid, tid, now).is_some_and(|again| again.syscall == slot.syscall) {
+                n += 1;
+            } else {
+                probes.slots.remove(tid);
+            }
+        }
+    }
+    n
+}
+
 /// Runs one tracing session until the duration ends, the command exits, or SIGINT/SIGTERM.
 /// `on_sample` is called with the model after every sample (the live view).
 pub async fn run(
     opts: SessionOptions,
     mut on_sample: impl FnMut(&Model, Duration),
 ) -> anyhow::Result<Outcome> {
+    crate::probes::require_root()?;
     for &pid in &opts.pids {
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             bail!(
@@ -386,6 +412,12 @@ pub async fn run(
         probes: s.probes.status.clone(),
     }))?;
     let mut seeds = seed::scan(filter.then_some(&opts.pids[..]), &s.cgroups);
+    let blocked = seed_blocked(&s.probes, &seeds);
+    if blocked > 0 {
+        tracing::info!(
+            "{blocked} threads were already blocked in futex/poll calls when tracing started"
+        );
+    }
     // The command's process is still a fork of the tracer waiting at the gate: describe it
     // as the new process it is about to become, not with the tracer's memory.
     if let Some((_, _, pid)) = &child {

@@ -225,6 +225,13 @@ impl Model {
         let ts = h.ts_ns;
         match ev {
             Event::NewTask(e) => {
+                // The event's comm is the creator's: a rename (prctl) of a main thread shows here.
+                if h.tid == h.tgid {
+                    let comm = cstr(&e.comm);
+                    if let Some(p) = self.procs.get_mut(&h.tgid) {
+                        p.sum.comm = comm;
+                    }
+                }
                 if e.clone_flags & CLONE_THREAD != 0 {
                     let p = self.proc_mut(e.child_tgid, h.cgroup_id, ts);
                     p.add_thread(e.child_tid, Some(h.tid));
@@ -246,6 +253,9 @@ impl Model {
             }
             Event::TaskExit(e) => {
                 if let Some(p) = self.procs.get_mut(&h.tgid) {
+                    if h.tid == h.tgid {
+                        p.sum.comm = cstr(&e.comm);
+                    }
                     p.threads.remove(&h.tid);
                     if h.tid != h.tgid {
                         p.sum.threads_exited += 1;

@@ -2,6 +2,11 @@
 
 use std::{fs, path::Path};
 
+use tracer_common::{
+    maps::WaitSlot,
+    syscalls::{self, FUTEX_FLAGS, futex_op_waits},
+};
+
 use crate::{cgroups::Cgroups, tracefile::ProcessSeed};
 
 /// Every process on the host, or only `pids` when given. Processes that vanish while being
@@ -74,6 +79,44 @@ pub fn read(pid: u32, cgroups: &Cgroups) -> Option<ProcessSeed> {
     })
 }
 
+/// What a thread is blocked in right now, from `/proc/<pid>/task/<tid>/syscall`
+/// (`<nr> <arg0> <arg1> ...` while in a syscall), if it is a futex wait or a poll-family call:
+/// the slot the kernel programs would have written at its entry. `start_ns` is `now_ns`: the
+/// real start is before tracing began and is not known.
+pub fn blocked(pid: u32, tid: u32, now_ns: u64) -> Option<WaitSlot> {
+    let text = fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
+    parse_blocked(&text, pid, tid, now_ns)
+}
+
+fn parse_blocked(text: &str, pid: u32, tid: u32, now_ns: u64) -> Option<WaitSlot> {
+    let mut f = text.split_whitespace();
+    let nr: u32 = f.next()?.parse().ok()?;
+    let hex = |s: Option<&str>| u64::from_str_radix(s?.trim_start_matches("0x"), 16).ok();
+    let arg0 = hex(f.next())?;
+    let arg1 = hex(f.next())?;
+    let op = match nr {
+        syscalls::FUTEX => {
+            let op = arg1 as u32 & !FUTEX_FLAGS;
+            if !futex_op_waits(op) {
+                return None;
+            }
+            op
+        }
+        syscalls::FUTEX_WAIT | syscalls::FUTEX_WAITV => 0,
+        n if syscalls::is_poll_family(n) => arg1.min(u16::MAX as u64) as u32,
+        _ => return None,
+    };
+    Some(WaitSlot {
+        start_ns: now_ns,
+        uaddr: arg0,
+        tid,
+        tgid: pid,
+        syscall: nr as u16,
+        op: op as u16,
+        _pad: 0,
+    })
+}
+
 /// Splits `/proc/<pid>/stat` into the comm and the fields after it. The comm is between the
 /// first `(` and the last `)`: it may itself contain spaces and parentheses.
 fn parse_stat(stat: &str) -> Option<(&str, &str)> {
@@ -91,6 +134,24 @@ mod tests {
         let (comm, rest) = parse_stat("42 (a) b) (c) S 1 42").unwrap();
         assert_eq!(comm, "a) b) (c");
         assert_eq!(rest.split_whitespace().nth(1), Some("1"));
+    }
+
+    #[test]
+    fn parses_blocked_syscalls() {
+        let futex = "202 0x7f00aa10 0x80 0x0 0x0 0x0 0x0 0x7ffc 0x7f01";
+        let s = parse_blocked(futex, 10, 11, 99).unwrap();
+        assert_eq!(
+            (s.syscall, s.op, s.uaddr, s.tid, s.tgid),
+            (202, 0, 0x7f00aa10, 11, 10)
+        );
+        assert_eq!(s.start_ns, 99);
+        // FUTEX_WAKE_PRIVATE is not a wait.
+        assert!(parse_blocked("202 0x7f00aa10 0x81 0x1 0x0 0x0 0x0 0x0 0x0", 1, 1, 0).is_none());
+        let ppoll = parse_blocked("271 0x0 0x3 0x7ffc 0x0 0x8 0x0 0x0 0x0", 1, 2, 0).unwrap();
+        assert_eq!((ppoll.syscall, ppoll.op), (271, 3));
+        assert!(parse_blocked("running", 1, 1, 0).is_none());
+        assert!(parse_blocked("-1 0x7ffc 0x7f01", 1, 1, 0).is_none());
+        assert!(parse_blocked("0 0x3 0x7ffc 0x1000 0x0 0x0 0x0 0x0 0x0", 1, 1, 0).is_none());
     }
 
     #[test]

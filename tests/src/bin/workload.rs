@@ -174,6 +174,14 @@ fn cpu_ns() -> u64 {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
+/// Renames itself (comm, via prctl) to `name`, an untrusted string, then starts one thread.
+fn rename(name: &str) {
+    let c = std::ffi::CString::new(name).expect("no NUL in the name");
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string (truncated to 15 bytes).
+    unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr()) };
+    std::thread::spawn(|| {}).join().expect("thread");
+}
+
 /// Hot loops for the benchmark: `iters` calls; prints the mean wall-clock and CPU ns per call.
 fn bench(what: &str, iters: u64) {
     let word = AtomicU32::new(0);
@@ -266,6 +274,7 @@ fn main() {
         Some("poll") => polls(arg(&args, 1, "count"), arg(&args, 2, "ms")),
         Some("children") => children(arg(&args, 1, "spawns"), arg(&args, 2, "forks")),
         Some("oom") => oom(&args[1]),
+        Some("rename") => rename(&args[1]),
         Some("bench") => bench(&args[1], arg(&args, 2, "iterations")),
         Some("hold") => hold(arg(&args, 1, "threads")),
         _ => {

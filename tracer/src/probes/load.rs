@@ -80,12 +80,19 @@ pub struct Probes {
     pub stats: PerCpuArray<MapData, u64>,
 }
 
+/// Loading eBPF programs needs root (or CAP_BPF + CAP_PERFMON + CAP_SYS_ADMIN): say so first,
+/// before anything else can fail less clearly.
+pub fn require_root() -> Result<(), LoadError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(LoadError::NotRoot);
+    }
+    Ok(())
+}
+
 impl Probes {
     pub fn load(cfg: &LoadConfig) -> Result<Self, LoadError> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err(LoadError::NotRoot);
-        }
+        require_root()?;
         let self_tgid = std::process::id();
         let filter = cfg.filter as u32;
         let offsets = TaskOffsets::from_btf();

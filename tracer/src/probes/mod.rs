@@ -6,6 +6,6 @@ mod load;
 mod maps;
 mod tracefs;
 
-pub use load::{LoadConfig, LoadError, Probes};
+pub use load::{LoadConfig, LoadError, Probes, require_root};
 pub use maps::{KernelStats, WaitTable, wait_snapshot};
 pub use tracefs::ensure_tracefs;

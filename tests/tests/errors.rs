@@ -1,0 +1,131 @@
+//! Bad input gets a clear error that says what, where and what to do, and loses nothing
+//! already recorded.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::*;
+
+fn tracer(args: &[&str]) -> Output {
+    Command::new(tracer_bin())
+        .args(args)
+        .output()
+        .expect("running tracer")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn a_pid_that_does_not_exist() {
+    require_root();
+    let f = temp_path("nopid.trc");
+    let o = tracer(&[
+        "record",
+        "-o",
+        f.to_str().unwrap(),
+        "-p",
+        "999999999",
+        "-d",
+        "1",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(
+        e.contains("999999999") && e.contains("no such process"),
+        "{e}"
+    );
+    assert!(
+        !f.exists(),
+        "no file is left behind for a run that never started"
+    );
+}
+
+#[test]
+fn not_root() {
+    require_root();
+    let o = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(tracer_bin())
+        .args(["record", "-o", "/tmp/never-written.trc", "-d", "1"])
+        .output()
+        .expect("setpriv");
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(e.contains("must run as root") && e.contains("sudo"), "{e}");
+}
+
+#[test]
+fn a_command_that_cannot_run() {
+    let t = record(&[], &["/nonexistent/command"]);
+    assert_eq!(t.status, 127);
+    assert!(
+        t.stderr().contains("cannot run `/nonexistent/command`"),
+        "{}",
+        t.stderr()
+    );
+}
+
+#[test]
+fn bad_arguments() {
+    let o = tracer(&["record", "-d", "1"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--output"), "{}", stderr(&o));
+    let o = tracer(&["record", "-o", "/tmp/x.trc", "--sample-ms", "1"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--sample-ms"), "{}", stderr(&o));
+    let o = tracer(&["record", "-o", "/tmp/x.trc", "-d", "-3"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn report_of_files_that_are_not_traces() {
+    let missing = tracer(&["report", "/nonexistent/trace.trc"]);
+    assert_eq!(missing.status.code(), Some(2));
+    let e = stderr(&missing);
+    assert!(
+        e.contains("cannot open trace file /nonexistent/trace.trc"),
+        "{e}"
+    );
+
+    let garbage = temp_path("garbage.trc");
+    std::fs::write(&garbage, b"this is not a trace file at all").unwrap();
+    let o = tracer(&["report", garbage.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(e.contains("not a tracer trace file"), "{e}");
+    assert!(
+        e.contains(garbage.to_str().unwrap()),
+        "says which file: {e}"
+    );
+}
+
+#[test]
+fn a_file_cut_short_reads_back_to_its_last_complete_block() {
+    // A recording with several blocks (one per 100 ms sample), then cut mid-block, as a
+    // SIGKILL or a full disk would leave it.
+    let t = record(&[], &[workload(), "poll", "4", "60"]);
+    let full = std::fs::read(&t.path).unwrap();
+    let cut = temp_path("cut.trc");
+    std::fs::write(&cut, &full[..full.len() * 2 / 3]).unwrap();
+    let o = tracer(&["report", "--format", "json", cut.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("warning") && e.contains("cut short"), "{e}");
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        doc["truncated"]
+            .as_str()
+            .is_some_and(|s| s.contains("byte"))
+    );
+    assert_eq!(doc["end_reason"], serde_json::Value::Null);
+    let procs = doc["processes"].as_array().unwrap();
+    assert!(
+        !procs.is_empty(),
+        "what was recorded before the cut is reported"
+    );
+    let text = tracer(&["report", cut.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("WARNING"));
+}

@@ -1,0 +1,266 @@
+//! Tracing modes other than `record -- CMD`: host-wide, `--pid` on a process that was already
+//! running (with threads already parked), and OOM kills in a memory-limited cgroup.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use tracer::events::Event;
+
+const MS: u64 = 1_000_000;
+
+/// Starts `tracer record` in the background and returns once its probes are attached.
+fn start_tracer(args: &[&str]) -> (Child, std::path::PathBuf) {
+    require_root();
+    let path = temp_path("bg.trc");
+    let mut child = Command::new(tracer_bin())
+        .arg("record")
+        .arg("-o")
+        .arg(&path)
+        .args(["--sample-ms", "100"])
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting tracer");
+    let stderr = child.stderr.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("tracer: {line}");
+            if !sent && line.contains("tracing ") {
+                sent = true;
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("tracer did not report it was tracing within 30 s");
+    (child, path)
+}
+
+fn stop(mut child: Child) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let st = child.wait().expect("wait tracer");
+    assert!(st.success(), "tracer exited with {st}");
+}
+
+#[test]
+fn host_wide_sees_a_process_it_did_not_start() {
+    // A name of its own, so that other tests' workloads running meanwhile are told apart.
+    let exe = temp_path("workload-host-wide");
+    std::os::unix::fs::symlink(workload(), &exe).expect("symlink");
+    let (tracer, path) = start_tracer(&["--min-wait-ms", "20"]);
+    let w = Command::new(&exe)
+        .args(["park", "2", "400"])
+        .status()
+        .expect("workload");
+    assert!(w.success());
+    // Let one sample and drain pass after the workload's exit.
+    std::thread::sleep(Duration::from_millis(300));
+    stop(tracer);
+    let report = read_report(&path);
+    assert_eq!(report.lost_events, 0);
+    assert!(report.end_reason.as_deref() == Some("interrupted (SIGINT)"));
+    let mine: Vec<_> = report
+        .processes
+        .iter()
+        .filter(|p| p.exe.as_deref() == exe.to_str())
+        .collect();
+    assert_eq!(mine.len(), 1, "{mine:#?}");
+    let p = mine[0];
+    assert_eq!(p.ppid, std::process::id(), "created by this test");
+    assert_eq!(
+        (p.threads_created, p.threads_exited, p.threads_peak),
+        (2, 2, 3)
+    );
+    assert_eq!(p.futex_parked_peak, 2);
+    assert_eq!(p.futex_waits, 2);
+    assert_eq!(p.exit_code, Some(0));
+    // Host-wide: other processes are there too (at least the test harness itself).
+    assert!(report.processes.len() > 3);
+}
+
+/// Waits until `n` threads of `pid` are blocked in a futex wait.
+fn wait_parked(pid: u32, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let parked = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("task dir")
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&tid| tracer::seed::blocked(pid, tid, 0).is_some_and(|s| s.syscall == 202))
+            .count();
+        if parked >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{parked} of {n} threads parked");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn pid_mode_sees_threads_parked_before_tracing_started() {
+    require_root();
+    let mut w = Command::new(workload())
+        .args(["park", "3", "2500"])
+        .spawn()
+        .expect("workload");
+    let pid = w.id();
+    wait_parked(pid, 3);
+    let out = Command::new(tracer_bin())
+        .arg("record")
+        .arg("-o")
+        .arg(temp_path("pid.trc"))
+        .args([
+            "--sample-ms",
+            "100",
+            "--min-wait-ms",
+            "20",
+            "-p",
+            &pid.to_string(),
+            "-d",
+            "6",
+        ])
+        .output()
+        .expect("tracer");
+    assert!(w.wait().expect("workload").success());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("3 threads were already blocked"),
+        "the tracer says what it found blocked: {stderr}"
+    );
+    // The file is the first argument after -o.
+    let file = out_file(&stderr);
+    let report = read_report(&file);
+    let events = read_events(&file);
+    let p = report
+        .processes
+        .iter()
+        .find(|p| p.pid == pid)
+        .expect("the pid in the report");
+    assert!(p.seeded, "existed before tracing");
+    assert_eq!(p.futex_parked_peak, 3, "{p:#?}");
+    assert_eq!(
+        p.futex_waits, 3,
+        "the wake-ups of the seeded parks are traced"
+    );
+    assert!(p.futex_park_max_ns >= 500 * MS);
+    assert_eq!(p.threads_exited, 3);
+    assert!(p.exited_ns.is_some());
+    assert_eq!(p.exit_code, Some(0));
+    // Only that process was traced.
+    assert!(events.iter().all(|e| e.header().tgid == pid));
+    let parks = events
+        .iter()
+        .filter(|e| matches!(e, Event::FutexWait(_)))
+        .count();
+    assert_eq!(parks, 3);
+}
+
+/// `tracer: wrote N events (B bytes) to FILE`
+fn out_file(stderr: &str) -> std::path::PathBuf {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("tracer: wrote"))
+        .unwrap_or_else(|| panic!("no summary line in {stderr}"));
+    line.rsplit(" to ").next().expect("path").trim().into()
+}
+
+/// A memory cgroup limited to `bytes`, on cgroup v2 if its memory controller is there, else
+/// on the v1 memory hierarchy. Removed on drop.
+struct MemCgroup {
+    dir: std::path::PathBuf,
+}
+
+impl MemCgroup {
+    fn new(bytes: u64) -> Self {
+        let name = format!("tracer-test-oom-{}", std::process::id());
+        let v2 = std::path::Path::new("/sys/fs/cgroup/unified");
+        let v2_root = if v2.join("cgroup.controllers").exists() {
+            v2.to_path_buf()
+        } else {
+            "/sys/fs/cgroup".into()
+        };
+        let controllers =
+            std::fs::read_to_string(v2_root.join("cgroup.controllers")).unwrap_or_default();
+        let dir = if controllers.split_whitespace().any(|c| c == "memory") {
+            let _ = std::fs::write(v2_root.join("cgroup.subtree_control"), "+memory");
+            let dir = v2_root.join(&name);
+            std::fs::create_dir_all(&dir).expect("creating a v2 cgroup");
+            std::fs::write(dir.join("memory.max"), bytes.to_string()).expect("memory.max");
+            let _ = std::fs::write(dir.join("memory.swap.max"), "0");
+            dir
+        } else {
+            let dir = std::path::Path::new("/sys/fs/cgroup/memory").join(&name);
+            std::fs::create_dir_all(&dir).expect("creating a v1 memory cgroup");
+            std::fs::write(dir.join("memory.limit_in_bytes"), bytes.to_string())
+                .expect("memory.limit_in_bytes");
+            dir
+        };
+        Self { dir }
+    }
+}
+
+impl Drop for MemCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn oom_kill_in_a_memory_limited_cgroup() {
+    require_root();
+    let cg = MemCgroup::new(64 << 20);
+    let t = record(
+        &[],
+        &[workload(), "oom", cg.dir.to_str().expect("utf-8 path")],
+    );
+    assert_eq!(
+        t.status,
+        128 + 9,
+        "the command was SIGKILLed: {}",
+        t.stderr()
+    );
+    assert_eq!(t.report.host.oom_kills, 1);
+    let p = t.workload_proc();
+    assert!(p.oom_killed, "{p:#?}");
+    assert!(p.killed);
+    assert_eq!(p.signal, Some(9));
+    assert_eq!(p.exit_code, None);
+    let oom = t
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Event::Oom(o) => Some(*o),
+            _ => None,
+        })
+        .expect("an OOM event");
+    assert_eq!(oom.victim_pid, p.pid);
+    assert!(
+        oom.anon_rss_kb > 32 << 10,
+        "victim's RSS at the kill: {} KiB",
+        oom.anon_rss_kb
+    );
+    assert!(
+        p.rss_peak_bytes > 32 << 20,
+        "RSS climbed before the kill: {}",
+        p.rss_peak_bytes
+    );
+}
