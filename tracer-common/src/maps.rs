@@ -118,7 +118,8 @@ pub enum Stat {
     MemFailures,
     /// `rss_stat` updates below the granule (counted, not streamed).
     RssFiltered,
-    /// Events submitted to the ring buffer.
+    /// Spare: was "events submitted", dropped from the hot path (the collector counts what it
+    /// receives). Kept so that counter ids stay stable.
     Submitted,
 }
 

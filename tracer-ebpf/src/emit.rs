@@ -143,7 +143,6 @@ pub fn emit<T: Copy + 'static>(ev: &T) {
         Some(mut entry) => {
             entry.write(*ev);
             entry.submit(submit_flags());
-            bump(Stat::Submitted);
         }
         None => bump(Stat::Lost),
     }
@@ -163,7 +162,6 @@ pub fn reserve<T: 'static>() -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<T>
 #[inline(always)]
 pub fn submit<T: 'static>(entry: aya_ebpf::maps::ring_buf::RingBufEntry<T>) {
     entry.submit(submit_flags());
-    bump(Stat::Submitted);
 }
 
 /// The `WAIT_SLOTS` entry of a tid.
