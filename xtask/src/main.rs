@@ -75,7 +75,7 @@ fn main() -> anyhow::Result<()> {
             cargo(&root, &["clippy", "--all-targets", "--", "-D", "warnings"])?;
             // The integration tests run the tracer binary: build it first.
             cargo(&root, &["build", "-p", "tracer", "--bins"])?;
-            cargo(&root, &["test", "--no-fail-fast"])
+            cargo_test(&root)
         }
         Cmd::Bench { iters, threads } => {
             setup()?;
@@ -105,6 +105,49 @@ fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
         .with_context(|| format!("running {cargo}"))?;
     if !status.success() {
         bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// `cargo test`, passing its output through, then one closing line with the totals of every
+/// test binary (cargo's own last line is that of the last binary, often one with no tests).
+fn cargo_test(root: &Path) -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader};
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("xtask: cargo test --no-fail-fast");
+    let mut child = Command::new(&cargo)
+        .args(["test", "--no-fail-fast"])
+        .current_dir(root)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {cargo}"))?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |what: &str| {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .trim_start_matches("ok. ")
+                            .trim_start_matches("FAILED. ")
+                            .strip_suffix(what)
+                    })
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            passed += count(" passed");
+            failed += count(" failed");
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() || failed > 0 {
+        bail!("`cargo test` failed ({status})");
+    }
+    if passed == 0 {
+        bail!("`cargo test` ran no test");
     }
     Ok(())
 }
