@@ -21,7 +21,8 @@ use tracer_common::{
 };
 
 use crate::emit::{
-    EXEC_PENDING, WAITING, bump, emit, header, min_wait_ns, now_ns, pid_tgid, traced, wait_slot,
+    EXEC_PENDING, bump, emit, header, min_wait_ns, now_ns, pid_tgid, put_overflow, take_overflow,
+    traced, wait_slot,
 };
 
 // x86_64 `struct pt_regs` word indexes. The layout is user ABI (ptrace), so fixed offsets are
@@ -157,7 +158,7 @@ fn begin_wait(id: u32, uaddr: u64, op: u32) {
         op: op as u16,
         _pad: 0,
     };
-    if WAITING.insert(&tid, &state, 0).is_err() {
+    if !put_overflow(tid, &state) {
         bump(Stat::WaitMapFull);
     }
 }
@@ -174,9 +175,7 @@ fn take_wait(tid: u32) -> Option<WaitSlot> {
     }
     // Not in its slot: in the overflow map, or never tracked (filtered out, or blocked since
     // before tracing started).
-    let state = unsafe { WAITING.get(&tid) }.copied()?;
-    let _ = WAITING.remove(&tid);
-    Some(state)
+    take_overflow(tid)
 }
 
 #[inline(always)]
