@@ -85,6 +85,35 @@ fn mmap_munmap_and_rss() {
 }
 
 #[test]
+fn small_mappings_are_batched_in_the_kernel_and_add_up() {
+    let n = 2000u64;
+    let t = record(&[], &[workload(), "small-maps", &n.to_string()]);
+    assert_eq!(t.status, 0, "{}", t.stderr());
+    let p = t.workload_proc();
+    let (mut calls, mut bytes, mut unmaps, mut unbytes, mut batches) = (0, 0, 0, 0, 0);
+    for e in t.events_of(p.pid) {
+        if let Event::MemBatch(b) = e {
+            batches += 1;
+            calls += b.mmap_calls as u64;
+            bytes += b.mmap_bytes;
+            unmaps += b.munmap_calls as u64;
+            unbytes += b.munmap_bytes;
+        }
+    }
+    // The runtime's own small mappings come on top of the workload's.
+    assert!((n..n + 64).contains(&calls), "{calls} batched mmaps");
+    assert!(bytes >= n * (28 << 10));
+    assert!(
+        (n / 2..n / 2 + 64).contains(&unmaps),
+        "{unmaps} batched munmaps"
+    );
+    assert!(unbytes >= n / 2 * (28 << 10));
+    assert!(batches * 20 < n, "{batches} batch events for {n} calls");
+    assert!(p.mmap_calls >= calls && p.mmap_bytes >= bytes);
+    assert!(p.munmap_bytes >= unbytes);
+}
+
+#[test]
 fn brk_growth() {
     let (steps, bytes) = (8u64, 256u64 << 10);
     let t = record(

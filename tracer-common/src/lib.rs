@@ -31,6 +31,7 @@ pub enum EventKind {
     Brk = 10,
     Rss = 11,
     OomVictim = 12,
+    MemBatch = 13,
 }
 
 impl EventKind {
@@ -48,6 +49,7 @@ impl EventKind {
             10 => Self::Brk,
             11 => Self::Rss,
             12 => Self::OomVictim,
+            13 => Self::MemBatch,
             _ => return None,
         })
     }
@@ -63,6 +65,7 @@ impl EventKind {
             Self::Mmap | Self::Munmap | Self::Mremap | Self::Brk => size_of::<MemEvent>(),
             Self::Rss => size_of::<RssEvent>(),
             Self::OomVictim => size_of::<OomEvent>(),
+            Self::MemBatch => size_of::<MemBatchEvent>(),
         }
     }
 }
@@ -180,6 +183,28 @@ pub struct MemEvent {
     pub _pad: u32,
 }
 
+/// Small anonymous mmaps and small munmaps of one process on one CPU, added up in the kernel
+/// instead of streamed one by one (see `maps::MEM_ACC`). The header is that of the last call.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemBatchEvent {
+    pub hdr: EventHeader,
+    /// When the first call of the batch returned.
+    pub first_ns: u64,
+    /// Page-rounded bytes.
+    pub mmap_bytes: u64,
+    pub munmap_bytes: u64,
+    pub mmap_calls: u32,
+    pub munmap_calls: u32,
+}
+
+/// Mappings smaller than this (anonymous ones, for mmap) are batched, not streamed: allocator
+/// churn of small blocks is the hot case; big mappings, file mappings and thread stacks still
+/// come one by one.
+pub const SMALL_MAP_BYTES: u64 = 256 << 10;
+/// `MAP_ANONYMOUS` (x86_64).
+pub const MAP_ANONYMOUS: u32 = 0x20;
+
 /// `kmem/rss_stat` for one counter of one mm, emitted only when it moved by the configured
 /// granule since the last event for that mm (see `maps::RSS_LAST`).
 #[repr(C)]
@@ -235,6 +260,7 @@ const _: () = {
     assert!(size_of::<MemEvent>() == 32 + 56);
     assert!(size_of::<RssEvent>() == 32 + 24);
     assert!(size_of::<OomEvent>() == 32 + 48);
+    assert!(size_of::<MemBatchEvent>() == 32 + 32);
     assert!(MAX_EVENT_SIZE >= size_of::<MemEvent>());
     assert!(MAX_EVENT_SIZE >= size_of::<OomEvent>());
 };
@@ -245,4 +271,5 @@ mod pod {
     // (checked by the size assertions above), so every bit pattern is valid.
     unsafe impl aya::Pod for super::maps::WaitSlot {}
     unsafe impl aya::Pod for super::maps::RssLast {}
+    unsafe impl aya::Pod for super::maps::MemAcc {}
 }

@@ -36,6 +36,31 @@ pub const WAITING_MAX: u32 = 16_384;
 pub const RSS_LAST: &str = "RSS_LAST";
 pub const RSS_LAST_LEN: u32 = 1024;
 
+/// Per-CPU accumulator of small mappings (one slot per CPU): calls of one process add up until
+/// the process changes, the batch is `MEM_ACC_MAX_AGE_NS` old or `MEM_ACC_MAX_CALLS` long, the
+/// process exits on that CPU, or the collector flushes every CPU (`flush_mem`, run with
+/// BPF_PROG_TEST_RUN at each sample and at the end). Then it goes out as one `MemBatchEvent`.
+pub const MEM_ACC: &str = "MEM_ACC";
+pub const MEM_ACC_MAX_AGE_NS: u64 = 100_000_000;
+pub const MEM_ACC_MAX_CALLS: u32 = 4096;
+/// The program that flushes the current CPU's `MEM_ACC`.
+pub const FLUSH_PROGRAM: &str = "flush_mem";
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemAcc {
+    pub first_ns: u64,
+    pub last_ns: u64,
+    pub cgroup_id: u64,
+    pub mmap_bytes: u64,
+    pub munmap_bytes: u64,
+    /// 0 when empty.
+    pub tgid: u32,
+    pub tid: u32,
+    pub mmap_calls: u32,
+    pub munmap_calls: u32,
+}
+
 /// tgids traced when the collector filters (`--pid`, `-- CMD`); children of traced tgids are
 /// added by the kernel at fork, and entries are removed when the process exits. Unused (and
 /// empty) when tracing host-wide. Full: the child is not traced and [`Stat::FilterMapFull`]
@@ -88,6 +113,7 @@ pub struct RssLast {
 
 const _: () = {
     assert!(size_of::<WaitSlot>() == 32);
+    assert!(size_of::<MemAcc>() == 56);
     assert!(size_of::<RssLast>() == 40);
     assert!(RSS_LAST_LEN.is_power_of_two());
     assert!(WAIT_SLOTS_LEN.is_power_of_two());

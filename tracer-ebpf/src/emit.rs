@@ -15,7 +15,7 @@ use aya_ebpf::{
 use tracer_common::{
     EventHeader, EventKind,
     maps::{
-        EVENTS_BYTES, RSS_LAST_LEN, RssLast, Stat, TRACED_MAX, WAIT_SLOTS_LEN, WAITING_MAX,
+        EVENTS_BYTES, MemAcc, RSS_LAST_LEN, RssLast, Stat, TRACED_MAX, WAIT_SLOTS_LEN, WAITING_MAX,
         WAKEUP_THRESHOLD_BYTES, WaitSlot,
     },
 };
@@ -42,6 +42,8 @@ pub static TRACED: HashMap<u32, u32> = HashMap::with_max_entries(TRACED_MAX, 0);
 /// preemption), one slot, overwritten by the next exec: no eviction needed.
 #[map]
 pub static EXEC_PENDING: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static MEM_ACC: PerCpuArray<MemAcc> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
 

@@ -7,6 +7,7 @@
 #![no_std]
 #![no_main]
 
+mod batch;
 mod emit;
 mod mem;
 mod syscall;

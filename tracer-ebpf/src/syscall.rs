@@ -15,11 +15,12 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 use tracer_common::{
-    EventKind, ExitCallEvent, MemEvent, WaitEvent,
+    EventKind, ExitCallEvent, MAP_ANONYMOUS, MemEvent, SMALL_MAP_BYTES, WaitEvent,
     maps::{Stat, WaitSlot},
     syscalls::{self as nr, FUTEX_FLAGS, futex_op_waits},
 };
 
+use crate::batch;
 use crate::emit::{
     EXEC_PENDING, bump, emit, header, min_wait_ns, now_ns, pid_tgid, put_overflow, take_overflow,
     traced, wait_slot,
@@ -242,6 +243,20 @@ fn on_mem_exit<R: Regs>(id: u32, r: R, ret: i64) {
     }
     if !traced(tgid) {
         return;
+    }
+    // Small anonymous mmaps and small munmaps are batched per CPU, not streamed.
+    let small = |len: u64| len < SMALL_MAP_BYTES;
+    let page_round = |len: u64| (len + 4095) & !4095;
+    match id {
+        nr::MMAP if small(si) && (r.word(R10) as u32 & MAP_ANONYMOUS) != 0 => {
+            batch::add(tgid, tid, now_ns(), true, page_round(si));
+            return;
+        }
+        nr::MUNMAP if small(si) => {
+            batch::add(tgid, tid, now_ns(), false, page_round(si));
+            return;
+        }
+        _ => {}
     }
     let (kind, ev) = match id {
         nr::MMAP => (

@@ -65,6 +65,9 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let group_dead: u8 = field(&ctx, EXIT_GROUP_DEAD);
+    if group_dead != 0 {
+        crate::batch::flush_tgid(tgid);
+    }
     emit(&TaskExitEvent {
         hdr: header(EventKind::TaskExit, now_ns(), tgid, tid),
         group_dead: group_dead as u32,

@@ -171,6 +171,9 @@ impl Session {
     }
 
     fn sample(&mut self) -> anyhow::Result<()> {
+        // Batched small mappings reach the ring buffer at least once per sample.
+        self.probes.flush_batches();
+        self.drain()?;
         let now = monotonic_ns();
         let waits = wait_snapshot(self.probes.waiting().into_iter(), now, self.min_wait_ns);
         self.model.apply_waits(now, &waits);

@@ -5,8 +5,8 @@
 
 use thiserror::Error;
 use tracer_common::{
-    EventHeader, EventKind, ExecEvent, ExitCallEvent, MemEvent, NewTaskEvent, OomEvent, RssEvent,
-    TaskExitEvent, WaitEvent,
+    EventHeader, EventKind, ExecEvent, ExitCallEvent, MemBatchEvent, MemEvent, NewTaskEvent,
+    OomEvent, RssEvent, TaskExitEvent, WaitEvent,
 };
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -38,6 +38,7 @@ pub enum Event {
     Brk(MemEvent),
     Rss(RssEvent),
     Oom(OomEvent),
+    MemBatch(MemBatchEvent),
 }
 
 impl Event {
@@ -51,6 +52,7 @@ impl Event {
             Event::Mmap(e) | Event::Munmap(e) | Event::Mremap(e) | Event::Brk(e) => &e.hdr,
             Event::Rss(e) => &e.hdr,
             Event::Oom(e) => &e.hdr,
+            Event::MemBatch(e) => &e.hdr,
         }
     }
 }
@@ -98,6 +100,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         EventKind::Brk => Event::Brk(read(bytes)),
         EventKind::Rss => Event::Rss(read(bytes)),
         EventKind::OomVictim => Event::Oom(read(bytes)),
+        EventKind::MemBatch => Event::MemBatch(read(bytes)),
     })
 }
 

@@ -124,6 +124,10 @@ pub struct HostCounters {
 pub struct Model {
     procs: HashMap<u32, Process>,
     finished: VecDeque<ProcessSummary>,
+    /// pid → sequence number of its latest finished summary (`finished[seq - finished_base]`),
+    /// for events that arrive after the exit (batches flushed from another CPU).
+    finished_by_pid: HashMap<u32, u64>,
+    finished_base: u64,
     max_finished: usize,
     pub finished_dropped: u64,
     cgroups: HashMap<u64, String>,
@@ -139,6 +143,8 @@ impl Model {
         Self {
             procs: HashMap::new(),
             finished: VecDeque::new(),
+            finished_by_pid: HashMap::new(),
+            finished_base: 0,
             max_finished,
             finished_dropped: 0,
             cgroups: HashMap::new(),
@@ -201,11 +207,32 @@ impl Model {
         p.sum.futex_parked_now = 0;
         p.sum.poll_waiting_now = 0;
         p.sum.killed = !p.exit_called;
-        if self.finished.len() >= self.max_finished {
-            self.finished.pop_front();
+        if self.finished.len() >= self.max_finished
+            && let Some(old) = self.finished.pop_front()
+        {
+            if self.finished_by_pid.get(&old.pid) == Some(&self.finished_base) {
+                self.finished_by_pid.remove(&old.pid);
+            }
+            self.finished_base += 1;
             self.finished_dropped += 1;
         }
+        let seq = self.finished_base + self.finished.len() as u64;
+        self.finished_by_pid.insert(p.sum.pid, seq);
         self.finished.push_back(p.sum);
+    }
+
+    /// The summary a late event of `pid` that started at `since_ns` belongs to: the live
+    /// process if it was born before, else the last finished process of that pid.
+    fn summary_for_late(&mut self, pid: u32, since_ns: u64) -> Option<&mut ProcessSummary> {
+        if self
+            .procs
+            .get(&pid)
+            .is_some_and(|p| p.sum.first_seen_ns <= since_ns)
+        {
+            return self.procs.get_mut(&pid).map(|p| &mut p.sum);
+        }
+        let seq = *self.finished_by_pid.get(&pid)?;
+        self.finished.get_mut((seq - self.finished_base) as usize)
     }
 
     /// The process of `pid`, created on first sight (a process that started before tracing
@@ -360,6 +387,17 @@ impl Model {
                 } else if e.curr != 0 {
                     self.proc_mut(h.tgid, h.cgroup_id, ts)
                         .set_rss(member, e.size);
+                }
+            }
+            Event::MemBatch(e) => {
+                if !self.procs.contains_key(&h.tgid) && !self.finished_by_pid.contains_key(&h.tgid)
+                {
+                    self.proc_mut(h.tgid, h.cgroup_id, e.first_ns);
+                }
+                if let Some(s) = self.summary_for_late(h.tgid, e.first_ns) {
+                    s.mmap_calls += e.mmap_calls as u64;
+                    s.mmap_bytes += e.mmap_bytes;
+                    s.munmap_bytes += e.munmap_bytes;
                 }
             }
             Event::Oom(e) => {
@@ -566,6 +604,43 @@ mod tests {
         let s = find(&m, 100);
         assert_eq!(s.brk_growth_bytes, 0x2000 + 0x3000);
         assert_eq!(s.brk_shrink_bytes, 0x1000);
+    }
+
+    fn batch(ts: u64, first: u64, pid: u32, maps: u32, bytes: u64) -> Event {
+        Event::MemBatch(MemBatchEvent {
+            hdr: hdr(EventKind::MemBatch, ts, pid, pid),
+            first_ns: first,
+            mmap_bytes: bytes,
+            munmap_bytes: bytes / 2,
+            mmap_calls: maps,
+            munmap_calls: maps / 2,
+        })
+    }
+
+    #[test]
+    fn batches_add_up_even_after_the_process_exited() {
+        let mut m = Model::new(10);
+        m.apply(&newtask(1, 1, 100, false));
+        m.apply(&batch(2, 2, 100, 10, 40960));
+        m.apply(&exit(3, 100, 100, true));
+        // Flushed from another CPU after the exit: still that process's.
+        m.apply(&batch(4, 2, 100, 2, 8192));
+        // The pid is reused; a late batch of the old process, then one of the new.
+        m.apply(&newtask(5, 1, 100, false));
+        m.apply(&batch(6, 2, 100, 1, 4096));
+        m.apply(&batch(7, 6, 100, 3, 12288));
+        let all: Vec<_> = m.summaries().into_iter().filter(|s| s.pid == 100).collect();
+        assert_eq!(all.len(), 2);
+        assert_eq!(
+            (all[0].mmap_calls, all[0].mmap_bytes),
+            (13, 40960 + 8192 + 4096)
+        );
+        assert_eq!((all[1].mmap_calls, all[1].mmap_bytes), (3, 12288));
+        assert_eq!(
+            m.live_processes(),
+            2,
+            "no process is made up for late batches"
+        );
     }
 
     #[test]

@@ -90,6 +90,34 @@ fn mmaps(k: usize) {
     }
 }
 
+/// n anonymous mappings of 28 KiB (small: batched in the kernel), the even ones unmapped.
+fn small_maps(n: usize) {
+    let len = 28 << 10;
+    let maps: Vec<_> = (0..n)
+        .map(|_| {
+            // SAFETY: anonymous private mapping, checked.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            assert_ne!(p, libc::MAP_FAILED);
+            p
+        })
+        .collect();
+    for (i, p) in maps.into_iter().enumerate() {
+        if i % 2 == 0 {
+            // SAFETY: unmapping what we mapped.
+            assert_eq!(unsafe { libc::munmap(p, len) }, 0);
+        }
+    }
+}
+
 /// `steps` calls of sbrk(+bytes).
 fn brk(steps: usize, bytes: isize) {
     for _ in 0..steps {
@@ -270,6 +298,7 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("park") => park(arg(&args, 1, "threads"), arg(&args, 2, "ms")),
         Some("mmap") => mmaps(arg(&args, 1, "count")),
+        Some("small-maps") => small_maps(arg(&args, 1, "count")),
         Some("brk") => brk(arg(&args, 1, "steps"), arg(&args, 2, "bytes")),
         Some("poll") => polls(arg(&args, 1, "count"), arg(&args, 2, "ms")),
         Some("children") => children(arg(&args, 1, "spawns"), arg(&args, 2, "forks")),

@@ -6,6 +6,8 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, RawTracePoint, TracePoint},
 };
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+
 use thiserror::Error;
 use tracer_common::{
     maps::{self as m, WaitSlot, globals},
@@ -72,6 +74,9 @@ impl Default for LoadConfig {
 pub struct Probes {
     // Keeps the programs and their links alive: dropping it detaches everything.
     _ebpf: Ebpf,
+    /// The `flush_mem` program (owned by `_ebpf`) and the CPUs to run it on; None if it did not
+    /// load (batches then leave only when full, old, or when their process exits).
+    flush: Option<(RawFd, Vec<u32>)>,
     pub status: Vec<ProbeStatus>,
     pub events: RingBuf<MapData>,
     pub slots: WaitTable,
@@ -106,6 +111,7 @@ impl Probes {
             .map_err(LoadError::Bpf)?;
 
         let mut status = Vec::new();
+        let flush = load_flush(&mut ebpf);
         attach_syscalls(&mut ebpf, &mut status);
         attach_tracepoints(&mut ebpf, &mut status);
         for s in &status {
@@ -137,6 +143,7 @@ impl Probes {
         let stats = PerCpuArray::try_from(take(&mut ebpf, m::STATS)?).map_err(map_err(m::STATS))?;
         Ok(Self {
             _ebpf: ebpf,
+            flush,
             status,
             events,
             slots,
@@ -163,9 +170,95 @@ impl Probes {
         v
     }
 
+    /// Emits every CPU's batch of small mappings (see `tracer_common::maps::MEM_ACC`).
+    pub fn flush_batches(&self) {
+        let Some((fd, cpus)) = &self.flush else {
+            return;
+        };
+        for &cpu in cpus {
+            if let Err(e) = test_run_on_cpu(*fd, cpu) {
+                tracing::warn!("flushing the batches of CPU {cpu} failed: {e}");
+            }
+        }
+    }
+
     pub fn failed(&self) -> impl Iterator<Item = &ProbeStatus> {
         self.status.iter().filter(|s| !s.attached)
     }
+}
+
+fn load_flush(ebpf: &mut Ebpf) -> Option<(RawFd, Vec<u32>)> {
+    let mut load = || -> Result<(RawFd, Vec<u32>), String> {
+        let p: &mut RawTracePoint = ebpf
+            .program_mut(m::FLUSH_PROGRAM)
+            .ok_or("program missing")?
+            .try_into()
+            .map_err(|e| format!("{e}"))?;
+        p.load().map_err(|e| format!("load: {e}"))?;
+        let fd = p.fd().map_err(|e| format!("{e}"))?.as_fd().as_raw_fd();
+        let cpus = aya::util::online_cpus().map_err(|(what, e)| format!("{what}: {e}"))?;
+        Ok((fd, cpus))
+    };
+    match load() {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!(
+                "the {} program did not load ({e}): batches of small mappings reach the \
+                 collector only when full, 100 ms old, or when their process exits",
+                m::FLUSH_PROGRAM
+            );
+            None
+        }
+    }
+}
+
+/// Runs a raw-tracepoint program once on `cpu` (BPF_PROG_TEST_RUN, BPF_F_TEST_RUN_ON_CPU).
+fn test_run_on_cpu(prog_fd: RawFd, cpu: u32) -> std::io::Result<()> {
+    // `union bpf_attr`, the `test` member (uapi/linux/bpf.h).
+    #[repr(C)]
+    #[derive(Default)]
+    struct TestRun {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+        ctx_size_in: u32,
+        ctx_size_out: u32,
+        ctx_in: u64,
+        ctx_out: u64,
+        flags: u32,
+        cpu: u32,
+        batch_size: u32,
+        _pad: u32,
+    }
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    const BPF_F_TEST_RUN_ON_CPU: u32 = 1 << 1;
+    let ctx = [0u64; 1];
+    let attr = TestRun {
+        prog_fd: prog_fd as u32,
+        ctx_size_in: size_of_val(&ctx) as u32,
+        ctx_in: ctx.as_ptr() as u64,
+        flags: BPF_F_TEST_RUN_ON_CPU,
+        cpu,
+        ..Default::default()
+    };
+    // SAFETY: a valid bpf_attr of the size passed; ctx outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &attr as *const TestRun,
+            size_of::<TestRun>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// `task_struct` field offsets the kernel programs use; 0 disables what needs them.
