@@ -129,3 +129,45 @@ fn a_file_cut_short_reads_back_to_its_last_complete_block() {
     let text = tracer(&["report", cut.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&text.stdout).contains("WARNING"));
 }
+
+#[test]
+fn lost_events_are_counted_and_shown() {
+    require_root();
+    // A one-page ring buffer and every futex call streamed: the workload outruns the
+    // collector's 10 ms drain, and the kernel counts what did not fit.
+    let path = temp_path("lossy.trc");
+    let o = Command::new(tracer_bin())
+        .arg("record")
+        .arg("-o")
+        .arg(&path)
+        .args(["--ring-kib", "4", "--min-wait-ms", "0", "--"])
+        .args([workload(), "bench", "futex-eagain", "300000"])
+        .output()
+        .expect("tracer");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("WARNING") && e.contains("lost"),
+        "record warns: {e}"
+    );
+    let r = read_report(&path);
+    assert!(r.lost_events > 0, "losses are counted");
+    assert!(r.kernel_counters["lost_events"] > 0);
+    let text = tracer(&["report", path.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("events lost in the kernel"),
+        "report shows them: {text}"
+    );
+}
+
+#[test]
+fn ring_size_must_be_a_power_of_two() {
+    let o = tracer(&["record", "-o", "/tmp/x.trc", "--ring-kib", "100"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("--ring-kib must be a power of two"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -37,6 +37,8 @@ pub struct SessionOptions {
     pub min_wait: Duration,
     pub rss_granule: u64,
     pub sample_interval: Duration,
+    /// Ring buffer size in bytes (power of two, at least 4096).
+    pub ring_bytes: u32,
     /// Called with the model after every sample (the live view).
     pub print_every: Option<Duration>,
 }
@@ -51,6 +53,7 @@ impl Default for SessionOptions {
             min_wait: Duration::from_millis(1),
             rss_granule: 1 << 20,
             sample_interval: Duration::from_secs(1),
+            ring_bytes: tracer_common::maps::EVENTS_BYTES,
             print_every: None,
         }
     }
@@ -366,6 +369,7 @@ pub async fn run(
         min_wait_ns: opts.min_wait.as_nanos() as u64,
         rss_granule: opts.rss_granule,
         filter,
+        ring_bytes: opts.ring_bytes,
     };
     let probes = Probes::load(&cfg)?;
     let failed_probes: Vec<String> = probes.failed().map(|p| p.name.clone()).collect();

@@ -31,6 +31,10 @@ struct TraceArgs {
     /// RSS changes smaller than this are not streamed.
     #[arg(long, default_value_t = 1024, value_name = "KIB")]
     rss_granule_kib: u64,
+    /// Size of the kernel→collector ring buffer (a power of two, 4 KiB or more). Bigger
+    /// absorbs longer bursts; it counts twice towards the collector's RSS.
+    #[arg(long, default_value_t = 8192, value_name = "KIB")]
+    ring_kib: u32,
 }
 
 #[derive(Subcommand)]
@@ -99,8 +103,15 @@ fn options(t: &TraceArgs) -> anyhow::Result<collector::SessionOptions> {
     if !(t.min_wait_ms.is_finite() && t.min_wait_ms >= 0.0) {
         bail!("--min-wait-ms must be 0 or more, got {}", t.min_wait_ms);
     }
+    if t.ring_kib < 4 || !t.ring_kib.is_power_of_two() || t.ring_kib > (1 << 20) {
+        bail!(
+            "--ring-kib must be a power of two from 4 to 1048576 (KiB), got {}",
+            t.ring_kib
+        );
+    }
     Ok(collector::SessionOptions {
         min_wait: Duration::from_secs_f64(t.min_wait_ms / 1000.0),
+        ring_bytes: t.ring_kib * 1024,
         sample_interval: Duration::from_millis(t.sample_ms),
         rss_granule: t.rss_granule_kib * 1024,
         ..Default::default()
@@ -125,6 +136,7 @@ fn run() -> anyhow::Result<ExitCode> {
             min_wait_ms: 1.0,
             sample_ms: 1000,
             rss_granule_kib: 1024,
+            ring_kib: 8192,
         },
     });
     match cmd {

@@ -59,6 +59,8 @@ pub struct LoadConfig {
     pub rss_granule: u64,
     /// Trace only the tgids put in the `TRACED` map (and their children).
     pub filter: bool,
+    /// Ring buffer size in bytes: a power of two, at least a page.
+    pub ring_bytes: u32,
 }
 
 impl Default for LoadConfig {
@@ -67,6 +69,7 @@ impl Default for LoadConfig {
             min_wait_ns: 1_000_000,
             rss_granule: 1 << 20,
             filter: false,
+            ring_bytes: m::EVENTS_BYTES,
         }
     }
 }
@@ -107,6 +110,7 @@ impl Probes {
             .override_global(globals::SELF_TGID, &self_tgid, true)
             .override_global(globals::FILTER, &filter, true)
             .override_global(globals::TASK_EXIT_CODE_OFF, &offsets.exit_code, true)
+            .map_max_entries(m::EVENTS, cfg.ring_bytes)
             .load(OBJECT)
             .map_err(LoadError::Bpf)?;
 
