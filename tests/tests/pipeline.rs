@@ -209,6 +209,32 @@ fn fork_exec_and_exit_codes() {
 }
 
 #[test]
+fn exec_from_a_non_main_thread_keeps_the_process() {
+    let t = record(&[], &[workload(), "exec-thread"]);
+    assert_eq!(t.status, 0, "{}", t.stderr());
+    assert_eq!(t.report.processes.len(), 1, "{:#?}", t.report.processes);
+    let p = &t.report.processes[0];
+    assert_eq!(p.exe.as_deref(), Some("/bin/true"));
+    assert_eq!(p.comm, "true");
+    // Two execs: the tracer's child became the workload, then /bin/true.
+    assert_eq!((p.threads_created, p.execs), (1, 2));
+    assert_eq!(p.exit_code, Some(0));
+    let exec = t
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Event::Exec(x) => Some(*x),
+            _ => None,
+        })
+        .expect("exec event");
+    assert_eq!(
+        exec.hdr.tid, p.pid,
+        "the exec'ing thread took over the process id"
+    );
+    assert_ne!(exec.old_tid, p.pid, "it was another thread before");
+}
+
+#[test]
 fn report_json_has_the_documented_fields() {
     let t = record(&[], &[workload(), "park", "2", "200"]);
     let out = std::process::Command::new(tracer_bin())

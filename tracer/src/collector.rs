@@ -375,7 +375,8 @@ pub async fn run(
     let failed_probes: Vec<String> = probes.failed().map(|p| p.name.clone()).collect();
     let mut s = Session {
         probes,
-        model: Model::new(100_000),
+        // Exited processes kept for the live view; the report of a file keeps them all.
+        model: Model::new(10_000),
         cgroups: Cgroups::new(),
         sink,
         min_wait_ns: cfg.min_wait_ns,

@@ -433,10 +433,18 @@ impl Model {
         }
     }
 
-    /// Forgets mm ids of processes that are gone (called now and then; the map is a cache).
+    /// Forgets what only gone processes referred to: their mm ids, and the names of cgroups no
+    /// kept process is in (a node that churns pods would otherwise collect them forever).
+    /// Called at every sample.
     pub fn compact(&mut self) {
         let procs = &self.procs;
         self.mm_owner.retain(|_, pid| procs.contains_key(pid));
+        let in_use: std::collections::HashSet<u64> = procs
+            .values()
+            .map(|p| p.sum.cgroup_id)
+            .chain(self.finished.iter().map(|s| s.cgroup_id))
+            .collect();
+        self.cgroups.retain(|id, _| in_use.contains(id));
     }
 
     /// Summaries of every process seen: exited ones first, in exit order, then live ones by pid.
@@ -559,6 +567,17 @@ mod tests {
         assert_eq!(s.comm, "new");
         assert_eq!(s.exe.as_deref(), Some("/bin/new"));
         assert_eq!(s.threads_live, 1);
+    }
+
+    #[test]
+    fn compaction_forgets_cgroups_of_forgotten_processes() {
+        let mut m = Model::new(1);
+        m.set_cgroup(5, "/kept".into());
+        m.set_cgroup(6, "/gone".into());
+        m.apply(&newtask(1, 1, 100, false)); // cgroup 5 (see hdr)
+        m.compact();
+        assert!(m.cgroup_known(5));
+        assert!(!m.cgroup_known(6));
     }
 
     #[test]

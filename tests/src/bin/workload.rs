@@ -178,6 +178,20 @@ fn children(spawns: usize, forks: usize) -> ! {
     std::process::exit(7)
 }
 
+/// A non-main thread execs /bin/true: the kernel kills the other threads and the exec'ing
+/// thread takes over the process id.
+fn exec_from_thread() -> ! {
+    let t = std::thread::spawn(|| {
+        let path = c"/bin/true";
+        let argv = [path.as_ptr(), std::ptr::null()];
+        // SAFETY: valid NUL-terminated path and argv.
+        unsafe { libc::execv(path.as_ptr(), argv.as_ptr()) };
+        panic!("execv failed");
+    });
+    let _ = t.join();
+    unreachable!("the exec replaces the whole process")
+}
+
 /// Joins the cgroup directory given, then allocates and touches memory until killed.
 fn oom(cgroup_dir: &str) -> ! {
     std::fs::write(
@@ -304,6 +318,7 @@ fn main() {
         Some("children") => children(arg(&args, 1, "spawns"), arg(&args, 2, "forks")),
         Some("oom") => oom(&args[1]),
         Some("rename") => rename(&args[1]),
+        Some("exec-thread") => exec_from_thread(),
         Some("bench") => bench(&args[1], arg(&args, 2, "iterations")),
         Some("hold") => hold(arg(&args, 1, "threads")),
         _ => {
