@@ -223,10 +223,10 @@ fn exec_from_a_non_main_thread_keeps_the_process() {
         .events
         .iter()
         .find_map(|e| match e {
-            Event::Exec(x) => Some(*x),
+            Event::Exec(x) if tracer::events::cstr(&x.filename) == "/bin/true" => Some(*x),
             _ => None,
         })
-        .expect("exec event");
+        .expect("exec event of /bin/true");
     assert_eq!(
         exec.hdr.tid, p.pid,
         "the exec'ing thread took over the process id"
