@@ -114,6 +114,29 @@ fn small_mappings_are_batched_in_the_kernel_and_add_up() {
 }
 
 #[test]
+fn batches_of_a_process_still_running_are_flushed_at_the_end() {
+    // The workload maps, then sleeps past the end of the recording: its batch leaves the
+    // kernel only through the collector's flush of every CPU.
+    let n = 500u64;
+    let t = record(
+        &["-d", "1"],
+        &[workload(), "small-maps", &n.to_string(), "2500"],
+    );
+    assert_eq!(t.report.end_reason.as_deref(), Some("duration elapsed"));
+    assert!(!t.stderr().contains("failed"), "{}", t.stderr());
+    let p = t.workload_proc();
+    assert!(
+        p.exited_ns.is_none(),
+        "still running when recording stopped"
+    );
+    assert!(
+        (n..n + 64).contains(&p.mmap_calls),
+        "{} mmaps",
+        p.mmap_calls
+    );
+}
+
+#[test]
 fn brk_growth() {
     let (steps, bytes) = (8u64, 256u64 << 10);
     let t = record(

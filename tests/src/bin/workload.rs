@@ -312,7 +312,13 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("park") => park(arg(&args, 1, "threads"), arg(&args, 2, "ms")),
         Some("mmap") => mmaps(arg(&args, 1, "count")),
-        Some("small-maps") => small_maps(arg(&args, 1, "count")),
+        Some("small-maps") => {
+            small_maps(arg(&args, 1, "count"));
+            // Optionally stay alive: the tracer must flush the batch without a process exit.
+            if let Some(ms) = args.get(2).and_then(|a| a.parse().ok()) {
+                std::thread::sleep(Duration::from_millis(ms));
+            }
+        }
         Some("brk") => brk(arg(&args, 1, "steps"), arg(&args, 2, "bytes")),
         Some("poll") => polls(arg(&args, 1, "count"), arg(&args, 2, "ms")),
         Some("children") => children(arg(&args, 1, "spawns"), arg(&args, 2, "forks")),

@@ -175,13 +175,20 @@ impl Probes {
     }
 
     /// Emits every CPU's batch of small mappings (see `tracer_common::maps::MEM_ACC`).
-    pub fn flush_batches(&self) {
+    pub fn flush_batches(&mut self) {
         let Some((fd, cpus)) = &self.flush else {
             return;
         };
         for &cpu in cpus {
             if let Err(e) = test_run_on_cpu(*fd, cpu) {
-                tracing::warn!("flushing the batches of CPU {cpu} failed: {e}");
+                tracing::warn!(
+                    "running {} on CPU {cpu} failed ({e}): from now on batches of small \
+                     mappings reach the collector only when full, 100 ms old, or when their \
+                     process exits",
+                    m::FLUSH_PROGRAM
+                );
+                self.flush = None;
+                return;
             }
         }
     }
@@ -240,7 +247,7 @@ fn test_run_on_cpu(prog_fd: RawFd, cpu: u32) -> std::io::Result<()> {
         _pad: u32,
     }
     const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    const BPF_F_TEST_RUN_ON_CPU: u32 = 1 << 1;
+    const BPF_F_TEST_RUN_ON_CPU: u32 = 1 << 0;
     let ctx = [0u64; 1];
     let attr = TestRun {
         prog_fd: prog_fd as u32,
