@@ -81,7 +81,7 @@ fn host_wide_sees_a_process_it_did_not_start() {
         (2, 2, 3)
     );
     assert_eq!(p.futex_parked_peak, 2);
-    assert_eq!(p.futex_waits, 2);
+    assert!((2..=4).contains(&p.futex_waits), "2 parks (+ slow joins)");
     assert_eq!(p.exit_code, Some(0));
     // Host-wide: other processes are there too (at least the test harness itself).
     assert!(report.processes.len() > 3);
@@ -152,8 +152,8 @@ fn pid_mode_sees_threads_parked_before_tracing_started() {
         .expect("the pid in the report");
     assert!(p.seeded, "existed before tracing");
     assert_eq!(p.futex_parked_peak, 3, "{p:#?}");
-    assert_eq!(
-        p.futex_waits, 3,
+    assert!(
+        (3..=6).contains(&p.futex_waits),
         "the wake-ups of the seeded parks are traced"
     );
     assert!(p.futex_park_max_ns >= 500 * MS);
@@ -162,9 +162,10 @@ fn pid_mode_sees_threads_parked_before_tracing_started() {
     assert_eq!(p.exit_code, Some(0));
     // Only that process was traced.
     assert!(events.iter().all(|e| e.header().tgid == pid));
+    // The parks of the 3 workers (the main thread's joins, if slow, come on top).
     let parks = events
         .iter()
-        .filter(|e| matches!(e, Event::FutexWait(_)))
+        .filter(|e| matches!(e, Event::FutexWait(w) if w.hdr.tid != pid))
         .count();
     assert_eq!(parks, 3);
 }

@@ -13,8 +13,8 @@ const MS: u64 = 1_000_000;
 
 #[test]
 fn futex_parks_and_thread_lifecycle() {
-    // 4 threads parked 1.5 s on one futex word. --min-wait-ms 20 keeps the joins (short
-    // futex waits) out of the streamed waits.
+    // 4 threads parked 1.5 s on one futex word. --min-wait-ms 20 keeps the main thread's
+    // joins (short futex waits) out of the streamed waits, unless the machine is very busy.
     let t = record(&["--min-wait-ms", "20"], &[workload(), "park", "4", "1500"]);
     assert_eq!(t.status, 0, "{}", t.stderr());
     let p = t.workload_proc();
@@ -22,17 +22,20 @@ fn futex_parks_and_thread_lifecycle() {
     assert_eq!(p.threads_exited, 4);
     assert_eq!(p.threads_peak, 5);
     assert_eq!(p.futex_parked_peak, 4, "{p:#?}");
-    assert_eq!(p.futex_waits, 4, "{p:#?}");
+    assert!(
+        (4..=8).contains(&p.futex_waits),
+        "4 parks (+ up to 4 slow joins): {p:#?}"
+    );
     assert!(
         (1500 * MS..4000 * MS).contains(&p.futex_park_max_ns),
         "park max {} ns",
         p.futex_park_max_ns
     );
-    // The 4 parks are on the same futex word, by 4 different threads, with FUTEX_WAIT.
+    // The 4 parks are on the same futex word, by the 4 workers, with FUTEX_WAIT.
     let waits: Vec<_> = t
         .events_of(p.pid)
         .filter_map(|e| match e {
-            Event::FutexWait(w) => Some(*w),
+            Event::FutexWait(w) if w.hdr.tid != p.pid => Some(*w),
             _ => None,
         })
         .collect();
@@ -42,7 +45,6 @@ fn futex_parks_and_thread_lifecycle() {
     tids.sort();
     tids.dedup();
     assert_eq!(tids.len(), 4);
-    assert!(!tids.contains(&p.pid), "the main thread does not park");
     assert_eq!(p.exit_code, Some(0));
     assert!(!p.killed);
 }
