@@ -50,6 +50,30 @@ fn futex_parks_and_thread_lifecycle() {
 }
 
 #[test]
+fn raw_tracepoint_syscall_hooks_see_the_same() {
+    // The fallback for kernels without usable BTF tracepoints: same programs, registers read
+    // through probe reads.
+    let t = record(
+        &["--syscall-hooks", "raw", "--min-wait-ms", "20"],
+        &[workload(), "park", "3", "600"],
+    );
+    assert_eq!(t.status, 0, "{}", t.stderr());
+    let names: Vec<&str> = t.report.probes.iter().map(|p| p.name.as_str()).collect();
+    assert!(
+        names.contains(&"raw_tp/sys_enter") && names.contains(&"raw_tp/sys_exit"),
+        "{names:?}"
+    );
+    let p = t.workload_proc();
+    assert_eq!((p.threads_created, p.futex_parked_peak), (3, 3));
+    let parks = t
+        .events_of(p.pid)
+        .filter(|e| matches!(e, Event::FutexWait(w) if w.hdr.tid != p.pid && w.op == 0))
+        .count();
+    assert_eq!(parks, 3);
+    assert!(p.mmap_calls > 0, "mmap exits decoded through the raw hook");
+}
+
+#[test]
 fn mmap_munmap_and_rss() {
     let k = 6;
     let t = record(&[], &[workload(), "mmap", &k.to_string()]);

@@ -39,6 +39,8 @@ pub struct SessionOptions {
     pub sample_interval: Duration,
     /// Ring buffer size in bytes (power of two, at least 4096).
     pub ring_bytes: u32,
+    /// Use raw-tracepoint syscall hooks even where BTF ones load.
+    pub raw_syscall_hooks: bool,
     /// Called with the model after every sample (the live view).
     pub print_every: Option<Duration>,
 }
@@ -54,6 +56,7 @@ impl Default for SessionOptions {
             rss_granule: 1 << 20,
             sample_interval: Duration::from_secs(1),
             ring_bytes: tracer_common::maps::EVENTS_BYTES,
+            raw_syscall_hooks: false,
             print_every: None,
         }
     }
@@ -370,6 +373,7 @@ pub async fn run(
         rss_granule: opts.rss_granule,
         filter,
         ring_bytes: opts.ring_bytes,
+        raw_syscall_hooks: opts.raw_syscall_hooks,
     };
     let probes = Probes::load(&cfg)?;
     let failed_probes: Vec<String> = probes.failed().map(|p| p.name.clone()).collect();

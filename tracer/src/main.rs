@@ -35,6 +35,16 @@ struct TraceArgs {
     /// absorbs longer bursts; it counts twice towards the collector's RSS.
     #[arg(long, default_value_t = 8192, value_name = "KIB")]
     ring_kib: u32,
+    /// How to hook syscalls: BTF tracepoints with a raw-tracepoint fallback (auto), or raw
+    /// tracepoints only (for kernels whose BTF tracepoints misbehave).
+    #[arg(long, value_enum, default_value_t = Hooks::Auto)]
+    syscall_hooks: Hooks,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Hooks {
+    Auto,
+    Raw,
 }
 
 #[derive(Subcommand)]
@@ -112,6 +122,7 @@ fn options(t: &TraceArgs) -> anyhow::Result<collector::SessionOptions> {
     Ok(collector::SessionOptions {
         min_wait: Duration::from_secs_f64(t.min_wait_ms / 1000.0),
         ring_bytes: t.ring_kib * 1024,
+        raw_syscall_hooks: matches!(t.syscall_hooks, Hooks::Raw),
         sample_interval: Duration::from_millis(t.sample_ms),
         rss_granule: t.rss_granule_kib * 1024,
         ..Default::default()
@@ -137,6 +148,7 @@ fn run() -> anyhow::Result<ExitCode> {
             sample_ms: 1000,
             rss_granule_kib: 1024,
             ring_kib: 8192,
+            syscall_hooks: Hooks::Auto,
         },
     });
     match cmd {

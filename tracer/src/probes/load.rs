@@ -61,6 +61,8 @@ pub struct LoadConfig {
     pub filter: bool,
     /// Ring buffer size in bytes: a power of two, at least a page.
     pub ring_bytes: u32,
+    /// Use the raw-tracepoint syscall hooks even where BTF ones load.
+    pub raw_syscall_hooks: bool,
 }
 
 impl Default for LoadConfig {
@@ -70,6 +72,7 @@ impl Default for LoadConfig {
             rss_granule: 1 << 20,
             filter: false,
             ring_bytes: m::EVENTS_BYTES,
+            raw_syscall_hooks: false,
         }
     }
 }
@@ -116,7 +119,7 @@ impl Probes {
 
         let mut status = Vec::new();
         let flush = load_flush(&mut ebpf);
-        attach_syscalls(&mut ebpf, &mut status);
+        attach_syscalls(&mut ebpf, &mut status, cfg.raw_syscall_hooks);
         attach_tracepoints(&mut ebpf, &mut status);
         for s in &status {
             match &s.error {
@@ -294,10 +297,11 @@ impl TaskOffsets {
 }
 
 /// `sys_enter`/`sys_exit` as BTF tracepoints, or as raw tracepoints when BTF ones do not load.
-fn attach_syscalls(ebpf: &mut Ebpf, status: &mut Vec<ProbeStatus>) {
+fn attach_syscalls(ebpf: &mut Ebpf, status: &mut Vec<ProbeStatus>, raw_only: bool) {
     let btf = Btf::from_sys_fs();
     for hook in ["sys_enter", "sys_exit"] {
         let btf_err = match &btf {
+            _ if raw_only => "raw tracepoints requested".to_owned(),
             Ok(btf) => match attach_btf(ebpf, &format!("{hook}_btf"), hook, btf) {
                 Ok(()) => {
                     status.push(ok(format!("tp_btf/{hook}")));
@@ -307,7 +311,12 @@ fn attach_syscalls(ebpf: &mut Ebpf, status: &mut Vec<ProbeStatus>) {
             },
             Err(e) => format!("no kernel BTF: {e}"),
         };
-        tracing::debug!("tp_btf/{hook} not usable ({btf_err}); trying raw_tp/{hook}");
+        if !raw_only {
+            tracing::warn!(
+                "tp_btf/{hook} not usable ({btf_err}); using raw_tp/{hook}, which costs a \
+                 little more per syscall"
+            );
+        }
         match attach_raw(ebpf, &format!("{hook}_raw"), hook) {
             Ok(()) => status.push(ok(format!("raw_tp/{hook}"))),
             Err(e) => status.push(ProbeStatus {
