@@ -183,10 +183,20 @@ fn setup() -> anyhow::Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"))
         .context("apt-get install")?;
     }
-    let linker_ok = Command::new("bpf-linker")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION));
+    // On PATH, or where `cargo install` puts it (the build looks there too).
+    let cargo_bin = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .map(|d| d.join("bin/bpf-linker"));
+    let linker_ok = ["bpf-linker".into()]
+        .into_iter()
+        .chain(cargo_bin)
+        .any(|bin: PathBuf| {
+            Command::new(bin)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+        });
     if !linker_ok {
         eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (~2 min)");
         // Debian's cargo (rustc-web 1.96), as verified in shared/toolchain.md.
