@@ -144,13 +144,10 @@ pub enum Stat {
     MemFailures,
     /// `rss_stat` updates below the granule (counted, not streamed).
     RssFiltered,
-    /// Spare: was "events submitted", dropped from the hot path (the collector counts what it
-    /// receives). Kept so that counter ids stay stable.
-    Submitted,
 }
 
 impl Stat {
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 10;
     pub const ALL: [Stat; Self::COUNT as usize] = [
         Stat::Lost,
         Stat::WaitMapFull,
@@ -162,7 +159,6 @@ impl Stat {
         Stat::BrkQueries,
         Stat::MemFailures,
         Stat::RssFiltered,
-        Stat::Submitted,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -177,7 +173,6 @@ impl Stat {
             Stat::BrkQueries => "brk_queries",
             Stat::MemFailures => "mem_failures",
             Stat::RssFiltered => "rss_filtered",
-            Stat::Submitted => "events_submitted",
         }
     }
 }

@@ -200,8 +200,9 @@ pub fn render_text(r: &Report, limit: usize) -> String {
     let rows = interesting(r);
     let _ = writeln!(
         o,
-        "{} processes seen, {} with activity{}",
+        "{} process{} seen, {} with activity{}",
         r.processes.len(),
+        if r.processes.len() == 1 { "" } else { "es" },
         rows.len(),
         if rows.len() > limit {
             format!(" (top {limit} shown; --all for every one)")
