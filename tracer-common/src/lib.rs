@@ -184,7 +184,8 @@ pub struct MemEvent {
 }
 
 /// Small anonymous mmaps and small munmaps of one process on one CPU, added up in the kernel
-/// instead of streamed one by one (see `maps::MEM_ACC`). The header is that of the last call.
+/// instead of streamed one by one (see `maps::MEM_ACC`). The header carries the process and its
+/// last calling thread; its time is when the batch was flushed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemBatchEvent {

@@ -37,11 +37,10 @@ pub const RSS_LAST: &str = "RSS_LAST";
 pub const RSS_LAST_LEN: u32 = 1024;
 
 /// Per-CPU accumulator of small mappings (one slot per CPU): calls of one process add up until
-/// the process changes, the batch is `MEM_ACC_MAX_AGE_NS` old or `MEM_ACC_MAX_CALLS` long, the
-/// process exits on that CPU, or the collector flushes every CPU (`flush_mem`, run with
-/// BPF_PROG_TEST_RUN at each sample and at the end). Then it goes out as one `MemBatchEvent`.
+/// another process maps on that CPU, the batch is `MEM_ACC_MAX_CALLS` long, the process exits
+/// on that CPU, or the collector flushes every CPU (`flush_mem`, run with BPF_PROG_TEST_RUN at
+/// each sample and at the end). Then it goes out as one `MemBatchEvent`.
 pub const MEM_ACC: &str = "MEM_ACC";
-pub const MEM_ACC_MAX_AGE_NS: u64 = 100_000_000;
 pub const MEM_ACC_MAX_CALLS: u32 = 4096;
 /// The program that flushes the current CPU's `MEM_ACC`.
 pub const FLUSH_PROGRAM: &str = "flush_mem";
@@ -50,7 +49,6 @@ pub const FLUSH_PROGRAM: &str = "flush_mem";
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemAcc {
     pub first_ns: u64,
-    pub last_ns: u64,
     pub cgroup_id: u64,
     pub mmap_bytes: u64,
     pub munmap_bytes: u64,
@@ -113,7 +111,7 @@ pub struct RssLast {
 
 const _: () = {
     assert!(size_of::<WaitSlot>() == 32);
-    assert!(size_of::<MemAcc>() == 56);
+    assert!(size_of::<MemAcc>() == 48);
     assert!(size_of::<RssLast>() == 40);
     assert!(RSS_LAST_LEN.is_power_of_two());
     assert!(WAIT_SLOTS_LEN.is_power_of_two());

@@ -249,11 +249,11 @@ fn on_mem_exit<R: Regs>(id: u32, r: R, ret: i64) {
     let page_round = |len: u64| (len + 4095) & !4095;
     match id {
         nr::MMAP if small(si) && (r.word(R10) as u32 & MAP_ANONYMOUS) != 0 => {
-            batch::add(tgid, tid, now_ns(), true, page_round(si));
+            batch::add(tgid, tid, true, page_round(si));
             return;
         }
         nr::MUNMAP if small(si) => {
-            batch::add(tgid, tid, now_ns(), false, page_round(si));
+            batch::add(tgid, tid, false, page_round(si));
             return;
         }
         _ => {}

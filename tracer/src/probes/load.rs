@@ -186,8 +186,8 @@ impl Probes {
             if let Err(e) = test_run_on_cpu(*fd, cpu) {
                 tracing::warn!(
                     "running {} on CPU {cpu} failed ({e}): from now on batches of small \
-                     mappings reach the collector only when full, 100 ms old, or when their \
-                     process exits",
+                     mappings reach the collector only when full, or when another process maps \
+                     or their process exits",
                     m::FLUSH_PROGRAM
                 );
                 self.flush = None;
@@ -218,7 +218,7 @@ fn load_flush(ebpf: &mut Ebpf) -> Option<(RawFd, Vec<u32>)> {
         Err(e) => {
             tracing::warn!(
                 "the {} program did not load ({e}): batches of small mappings reach the \
-                 collector only when full, 100 ms old, or when their process exits",
+                 collector only when full, or when another process maps or their process exits",
                 m::FLUSH_PROGRAM
             );
             None
