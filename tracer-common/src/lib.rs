@@ -248,9 +248,6 @@ pub struct OomEvent {
     pub _pad: u32,
 }
 
-/// The largest event: the size of the decode buffer a reader needs.
-pub const MAX_EVENT_SIZE: usize = size_of::<ExecEvent>();
-
 const _: () = {
     assert!(size_of::<EventHeader>() == 32);
     assert!(size_of::<NewTaskEvent>() == 32 + 32);
@@ -262,8 +259,6 @@ const _: () = {
     assert!(size_of::<RssEvent>() == 32 + 24);
     assert!(size_of::<OomEvent>() == 32 + 48);
     assert!(size_of::<MemBatchEvent>() == 32 + 32);
-    assert!(MAX_EVENT_SIZE >= size_of::<MemEvent>());
-    assert!(MAX_EVENT_SIZE >= size_of::<OomEvent>());
 };
 
 #[cfg(feature = "user")]

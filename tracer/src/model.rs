@@ -5,7 +5,7 @@
 //! when they exit; an exited process leaves only its fixed-size [`ProcessSummary`], and at most
 //! `max_finished` of those are kept (the count of dropped ones is reported).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde::Serialize;
 use tracer_common::{CLONE_THREAD, RSS_MEMBERS, RSS_SWAP};
@@ -14,13 +14,6 @@ use crate::{
     events::{Event, cstr},
     tracefile::{ProcessSeed, WaitAggregate},
 };
-
-#[derive(Clone, Debug, Default)]
-struct Thread {
-    /// The tid that created this thread (None for threads seeded from /proc).
-    #[allow(dead_code)]
-    creator: Option<u32>,
-}
 
 /// What the report says about one process: all counters are over the traced interval.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
@@ -75,7 +68,8 @@ pub struct ProcessSummary {
 #[derive(Debug, Default)]
 struct Process {
     sum: ProcessSummary,
-    threads: HashMap<u32, Thread>,
+    /// Live thread ids (creators are in the NewTask events of the trace).
+    threads: HashSet<u32>,
     brk: Option<u64>,
     rss: [i64; RSS_MEMBERS],
     rss_known: bool,
@@ -87,14 +81,14 @@ impl Process {
         let mut p = Process::default();
         p.sum.pid = pid;
         p.sum.first_seen_ns = ts;
-        p.threads.insert(pid, Thread::default());
+        p.threads.insert(pid);
         p.sum.threads_live = 1;
         p.sum.threads_peak = 1;
         p
     }
 
-    fn add_thread(&mut self, tid: u32, creator: Option<u32>) {
-        self.threads.insert(tid, Thread { creator });
+    fn add_thread(&mut self, tid: u32) {
+        self.threads.insert(tid);
         self.sum.threads_live = self.threads.len() as u32;
         self.sum.threads_peak = self.sum.threads_peak.max(self.sum.threads_live);
     }
@@ -185,7 +179,7 @@ impl Model {
         p.sum.cgroup_id = s.cgroup_id;
         p.sum.seeded = true;
         for &tid in &s.tids {
-            p.add_thread(tid, None);
+            p.add_thread(tid);
         }
         p.brk = s.brk;
         p.sum.rss_bytes = s.rss_bytes;
@@ -261,7 +255,7 @@ impl Model {
                 }
                 if e.clone_flags & CLONE_THREAD != 0 {
                     let p = self.proc_mut(e.child_tgid, h.cgroup_id, ts);
-                    p.add_thread(e.child_tid, Some(h.tid));
+                    p.add_thread(e.child_tid);
                     p.sum.threads_created += 1;
                 } else {
                     let (ppid, comm, brk) = {
@@ -312,8 +306,8 @@ impl Model {
                 p.sum.execs += 1;
                 // exec leaves one thread, under the tgid; others were killed (their exits came
                 // as events), and a non-leader that exec'd took over the leader's id.
-                p.threads.retain(|&tid, _| tid == h.tgid);
-                p.threads.entry(h.tgid).or_default();
+                p.threads.retain(|&tid| tid == h.tgid);
+                p.threads.insert(h.tgid);
                 p.sum.threads_live = p.threads.len() as u32;
                 // A new program gets a new address space and break.
                 p.brk = None;
