@@ -265,3 +265,80 @@ fn oom_kill_in_a_memory_limited_cgroup() {
         p.rss_peak_bytes
     );
 }
+
+#[test]
+fn a_tracepoint_with_another_layout_is_refused_by_name_and_the_rest_runs() {
+    require_root();
+    // A kernel whose kmem/rss_stat record differs from what the program reads: in a private
+    // mount namespace, /sys/kernel/tracing shows the real tracepoints (real ids), but rss_stat's
+    // `size` field moved.
+    let real = std::path::Path::new("/sys/kernel/tracing");
+    if !real.join("events").is_dir() {
+        let st = Command::new("mount")
+            .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
+            .status()
+            .expect("mount");
+        assert!(st.success(), "mounting tracefs");
+    }
+    let fake = temp_path("tracefs");
+    for tp in tracer_common::tracepoints::ALL {
+        let rel = format!("events/{}/{}", tp.category, tp.name);
+        std::fs::create_dir_all(fake.join(&rel)).expect("mkdir");
+        for f in ["format", "id"] {
+            let mut text = std::fs::read_to_string(real.join(&rel).join(f)).expect("read");
+            if tp.name == "rss_stat" && f == "format" {
+                text = text.replace("size;\toffset:24;", "size;\toffset:32;");
+            }
+            std::fs::write(fake.join(&rel).join(f), text).expect("write");
+        }
+    }
+    let file = temp_path("refused.trc");
+    let script = format!(
+        "mount --bind {} /sys/kernel/tracing && exec {} record -o {} --sample-ms 100 -- {} park 2 300",
+        fake.display(),
+        tracer_bin().display(),
+        file.display(),
+        workload()
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("unshare");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("rss_stat") && stderr.contains("offset 32"),
+        "the refused probe is named, with why: {stderr}"
+    );
+    let report = read_report(&file);
+    let rss = report
+        .probes
+        .iter()
+        .find(|p| p.name == "tracepoint/kmem/rss_stat")
+        .expect("rss_stat in the probe list");
+    assert!(!rss.attached);
+    assert!(rss.error.as_deref().unwrap_or("").contains("`size`"));
+    assert_eq!(report.probes.iter().filter(|p| !p.attached).count(), 1);
+    // The rest ran: threads, parks and exits of the workload are all there.
+    let p = report
+        .processes
+        .iter()
+        .find(|p| p.exe.as_deref() == Some(workload()))
+        .expect("workload traced");
+    assert_eq!(
+        (p.threads_created, p.threads_exited, p.futex_parked_peak),
+        (2, 2, 2)
+    );
+    assert_eq!(p.rss_peak_bytes, 0, "no RSS without rss_stat");
+    assert!(
+        String::from_utf8_lossy(
+            &Command::new(tracer_bin())
+                .arg("report")
+                .arg(&file)
+                .output()
+                .expect("report")
+                .stdout
+        )
+        .contains("probe tracepoint/kmem/rss_stat was not attached")
+    );
+}
