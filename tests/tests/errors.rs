@@ -171,3 +171,41 @@ fn ring_size_must_be_a_power_of_two() {
         stderr(&o)
     );
 }
+
+#[test]
+fn a_full_disk_stops_recording_with_a_clear_error_and_keeps_what_was_written() {
+    require_root();
+    let dir = temp_path("small-fs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&dir)
+        .status()
+        .expect("mount");
+    assert!(mounted.success(), "mounting a small tmpfs");
+    let path = dir.join("full.trc");
+    // Every futex call streamed: ~64 bytes each, far more than 4 MiB.
+    let o = Command::new(tracer_bin())
+        .arg("record")
+        .arg("-o")
+        .arg(&path)
+        .args(["--sample-ms", "50", "--min-wait-ms", "0", "--"])
+        .args([workload(), "bench", "futex-eagain", "1000000"])
+        .output()
+        .expect("tracer");
+    let e = stderr(&o);
+    let report = Command::new(tracer_bin())
+        .args(["report", "--format", "json"])
+        .arg(&path)
+        .output()
+        .expect("report");
+    let _ = Command::new("umount").arg(&dir).status();
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("disk full") && e.contains("full.trc"), "{e}");
+    assert!(report.status.success(), "{}", stderr(&report));
+    let doc: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    assert!(
+        doc["host"]["events"].as_u64().unwrap() > 1000,
+        "what was written before the disk filled is readable"
+    );
+}
