@@ -93,7 +93,7 @@ pub fn traced(tgid: u32) -> bool {
     if tgid == unsafe { core::ptr::read_volatile(&SELF_TGID) } {
         return false;
     }
-    !filtering() || unsafe { TRACED.get(&tgid).is_some() }
+    !filtering() || unsafe { TRACED.get(tgid).is_some() }
 }
 
 #[inline(always)]
@@ -192,7 +192,7 @@ pub fn clear_wait(tid: u32) {
 /// Adds an overflow entry for `tid`; false when `WAITING` is full.
 #[inline(always)]
 pub fn put_overflow(tid: u32, state: &WaitSlot) -> bool {
-    if WAITING.insert(&tid, state, 0).is_err() {
+    if WAITING.insert(tid, state, 0).is_err() {
         return false;
     }
     if let Some(used) = WAITING_USED.get_ptr_mut(0) {
@@ -208,7 +208,7 @@ pub fn take_overflow(tid: u32) -> Option<WaitSlot> {
     if unsafe { core::ptr::read_volatile(used) } == 0 {
         return None;
     }
-    let state = unsafe { WAITING.get(&tid) }.copied()?;
-    let _ = WAITING.remove(&tid);
+    let state = unsafe { WAITING.get(tid) }.copied()?;
+    let _ = WAITING.remove(tid);
     Some(state)
 }

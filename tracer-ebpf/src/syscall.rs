@@ -204,11 +204,9 @@ fn end_wait(kind: EventKind, short: Stat, ret: i64) {
 fn on_exit<R: Regs>(r: R, ret: i64) {
     let id = r.word(ORIG_AX) as u32;
     match id {
-        nr::FUTEX => {
-            // Wakes never entered WAITING: skip the lookup for them.
-            if futex_op_waits(r.word(SI) as u32 & !FUTEX_FLAGS) {
-                end_wait(EventKind::FutexWait, Stat::FutexShortWaits, ret);
-            }
+        // Wakes never took a slot: skip the lookup for them.
+        nr::FUTEX if futex_op_waits(r.word(SI) as u32 & !FUTEX_FLAGS) => {
+            end_wait(EventKind::FutexWait, Stat::FutexShortWaits, ret)
         }
         nr::FUTEX_WAIT | nr::FUTEX_WAITV => {
             end_wait(EventKind::FutexWait, Stat::FutexShortWaits, ret)

@@ -41,7 +41,7 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
     } else {
         child_tid
     };
-    if filtering() && child_tgid != tgid && TRACED.insert(&child_tgid, &1, 0).is_err() {
+    if filtering() && child_tgid != tgid && TRACED.insert(child_tgid, 1, 0).is_err() {
         bump(Stat::FilterMapFull);
     }
     emit(&NewTaskEvent {
@@ -75,7 +75,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     });
     if group_dead != 0 && filtering() {
-        let _ = TRACED.remove(&tgid);
+        let _ = TRACED.remove(tgid);
     }
     0
 }
