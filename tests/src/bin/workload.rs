@@ -61,61 +61,51 @@ pub fn mmap_size(i: usize) -> usize {
     (1 << 20) + i * (64 << 10)
 }
 
-/// K anonymous mappings of `mmap_size(i)` bytes, every page touched; the even ones unmapped.
-fn mmaps(k: usize) {
-    let mut maps = Vec::new();
-    for i in 0..k {
-        let len = mmap_size(i);
-        // SAFETY: anonymous private mapping, checked below.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED, "mmap {len}");
-        // SAFETY: the mapping is `len` bytes, writable.
-        unsafe { std::ptr::write_bytes(p.cast::<u8>(), 1, len) };
-        maps.push((p, len));
-    }
+/// An anonymous private read/write mapping of `len` bytes.
+fn map_anon(len: usize) -> *mut libc::c_void {
+    // SAFETY: a fresh anonymous mapping; the result is checked.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED, "mmap of {len} bytes");
+    p
+}
+
+/// Unmaps the even-numbered mappings.
+fn unmap_even(maps: Vec<(*mut libc::c_void, usize)>) {
     for (i, (p, len)) in maps.into_iter().enumerate() {
         if i % 2 == 0 {
-            // SAFETY: unmapping what we mapped.
+            // SAFETY: unmapping what map_anon mapped.
             assert_eq!(unsafe { libc::munmap(p, len) }, 0);
         }
     }
 }
 
+/// K anonymous mappings of `mmap_size(i)` bytes, every page touched; the even ones unmapped.
+fn mmaps(k: usize) {
+    let maps = (0..k)
+        .map(|i| {
+            let len = mmap_size(i);
+            let p = map_anon(len);
+            // SAFETY: the mapping is `len` bytes, writable.
+            unsafe { std::ptr::write_bytes(p.cast::<u8>(), 1, len) };
+            (p, len)
+        })
+        .collect();
+    unmap_even(maps);
+}
+
 /// n anonymous mappings of 28 KiB (small: batched in the kernel), the even ones unmapped.
 fn small_maps(n: usize) {
     let len = 28 << 10;
-    let maps: Vec<_> = (0..n)
-        .map(|_| {
-            // SAFETY: anonymous private mapping, checked.
-            let p = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-            assert_ne!(p, libc::MAP_FAILED);
-            p
-        })
-        .collect();
-    for (i, p) in maps.into_iter().enumerate() {
-        if i % 2 == 0 {
-            // SAFETY: unmapping what we mapped.
-            assert_eq!(unsafe { libc::munmap(p, len) }, 0);
-        }
-    }
+    unmap_even((0..n).map(|_| (map_anon(len), len)).collect());
 }
 
 /// `steps` calls of sbrk(+bytes).
@@ -255,15 +245,7 @@ fn bench(what: &str, iters: u64) {
                     libc::syscall(libc::SYS_brk, 0usize);
                 }
                 "mmap" => {
-                    let p = libc::mmap(
-                        std::ptr::null_mut(),
-                        4096,
-                        libc::PROT_READ | libc::PROT_WRITE,
-                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                        -1,
-                        0,
-                    );
-                    libc::munmap(p, 4096);
+                    libc::munmap(map_anon(4096), 4096);
                 }
                 "thread" => {
                     std::thread::spawn(|| {}).join().expect("thread");
