@@ -3,20 +3,9 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Command;
 
-use common::*;
-
-fn tracer(args: &[&str]) -> Output {
-    Command::new(tracer_bin())
-        .args(args)
-        .output()
-        .expect("running tracer")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::{run_tracer as tracer, stderr_of as stderr, *};
 
 #[test]
 fn a_pid_that_does_not_exist() {
@@ -92,7 +81,7 @@ fn report_of_files_that_are_not_traces() {
 
     let garbage = temp_path("garbage.trc");
     std::fs::write(&garbage, b"this is not a trace file at all").unwrap();
-    let o = tracer(&["report", garbage.to_str().unwrap()]);
+    let o = run_report(&garbage, &[]);
     assert_eq!(o.status.code(), Some(2));
     let e = stderr(&o);
     assert!(e.contains("not a tracer trace file"), "{e}");
@@ -110,7 +99,7 @@ fn a_file_cut_short_reads_back_to_its_last_complete_block() {
     let full = std::fs::read(&t.path).unwrap();
     let cut = temp_path("cut.trc");
     std::fs::write(&cut, &full[..full.len() * 2 / 3]).unwrap();
-    let o = tracer(&["report", "--format", "json", cut.to_str().unwrap()]);
+    let o = run_report(&cut, &["--format", "json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let e = stderr(&o);
     assert!(e.contains("warning") && e.contains("cut short"), "{e}");
@@ -126,7 +115,7 @@ fn a_file_cut_short_reads_back_to_its_last_complete_block() {
         !procs.is_empty(),
         "what was recorded before the cut is reported"
     );
-    let text = tracer(&["report", cut.to_str().unwrap()]);
+    let text = run_report(&cut, &[]);
     assert!(String::from_utf8_lossy(&text.stdout).contains("WARNING"));
 }
 
@@ -136,14 +125,11 @@ fn lost_events_are_counted_and_shown() {
     // A one-page ring buffer and every futex call streamed: the workload outruns the
     // collector's 10 ms drain, and the kernel counts what did not fit.
     let path = temp_path("lossy.trc");
-    let o = Command::new(tracer_bin())
-        .arg("record")
-        .arg("-o")
-        .arg(&path)
-        .args(["--ring-kib", "4", "--min-wait-ms", "0", "--"])
-        .args([workload(), "bench", "futex-eagain", "300000"])
-        .output()
-        .expect("tracer");
+    let o = run_record(
+        &path,
+        &["--ring-kib", "4", "--min-wait-ms", "0"],
+        &[workload(), "bench", "futex-eagain", "300000"],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let e = stderr(&o);
     assert!(
@@ -153,7 +139,7 @@ fn lost_events_are_counted_and_shown() {
     let r = read_report(&path);
     assert!(r.lost_events > 0, "losses are counted");
     assert!(r.kernel_counters["lost_events"] > 0);
-    let text = tracer(&["report", path.to_str().unwrap()]);
+    let text = run_report(&path, &[]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(
         text.contains("events lost in the kernel"),
@@ -185,20 +171,13 @@ fn a_full_disk_stops_recording_with_a_clear_error_and_keeps_what_was_written() {
     assert!(mounted.success(), "mounting a small tmpfs");
     let path = dir.join("full.trc");
     // Every futex call streamed: ~64 bytes each, far more than 4 MiB.
-    let o = Command::new(tracer_bin())
-        .arg("record")
-        .arg("-o")
-        .arg(&path)
-        .args(["--sample-ms", "50", "--min-wait-ms", "0", "--"])
-        .args([workload(), "bench", "futex-eagain", "1000000"])
-        .output()
-        .expect("tracer");
+    let o = run_record(
+        &path,
+        &["--sample-ms", "50", "--min-wait-ms", "0"],
+        &[workload(), "bench", "futex-eagain", "1000000"],
+    );
     let e = stderr(&o);
-    let report = Command::new(tracer_bin())
-        .args(["report", "--format", "json"])
-        .arg(&path)
-        .output()
-        .expect("report");
+    let report = run_report(&path, &["--format", "json"]);
     let _ = Command::new("umount").arg(&dir).status();
     assert_eq!(o.status.code(), Some(2), "{e}");
     assert!(e.contains("disk full") && e.contains("full.trc"), "{e}");

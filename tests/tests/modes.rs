@@ -331,14 +331,7 @@ fn a_tracepoint_with_another_layout_is_refused_by_name_and_the_rest_runs() {
     );
     assert_eq!(p.rss_peak_bytes, 0, "no RSS without rss_stat");
     assert!(
-        String::from_utf8_lossy(
-            &Command::new(tracer_bin())
-                .arg("report")
-                .arg(&file)
-                .output()
-                .expect("report")
-                .stdout
-        )
-        .contains("probe tracepoint/kmem/rss_stat was not attached")
+        String::from_utf8_lossy(&run_report(&file, &[]).stdout)
+            .contains("probe tracepoint/kmem/rss_stat was not attached")
     );
 }

@@ -286,16 +286,8 @@ fn exec_from_a_non_main_thread_keeps_the_process() {
 #[test]
 fn report_json_has_the_documented_fields() {
     let t = record(&[], &[workload(), "park", "2", "200"]);
-    let out = std::process::Command::new(tracer_bin())
-        .args(["report", "--format", "json"])
-        .arg(&t.path)
-        .output()
-        .expect("tracer report");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_report(&t.path, &["--format", "json"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     for key in ["version", "lost_events", "processes"] {
         assert!(doc.get(key).is_some(), "missing {key}");
@@ -330,11 +322,7 @@ fn hostile_process_names_are_escaped() {
     let name = "\x1b[31mX\x07\u{202e}";
     let t = record(&[], &[workload(), "rename", name]);
     assert_eq!(t.status, 0, "{}", t.stderr());
-    let text = std::process::Command::new(tracer_bin())
-        .args(["report", "--all"])
-        .arg(&t.path)
-        .output()
-        .expect("report");
+    let text = run_report(&t.path, &["--all"]);
     let text = String::from_utf8(text.stdout).expect("utf-8");
     assert!(
         !text.contains('\x1b') && !text.contains('\x07'),
@@ -342,11 +330,7 @@ fn hostile_process_names_are_escaped() {
     );
     assert!(!text.contains('\u{202e}'), "raw bidi override");
     assert!(text.contains("\\x1b[31mX\\x07\\u{202e}"), "{text}");
-    let json = std::process::Command::new(tracer_bin())
-        .args(["report", "--format", "json"])
-        .arg(&t.path)
-        .output()
-        .expect("report");
+    let json = run_report(&t.path, &["--format", "json"]);
     assert!(
         !json.stdout.contains(&0x1b),
         "JSON escapes control characters"

@@ -177,21 +177,44 @@ pub fn wait_slot(tid: u32) -> Option<*mut WaitSlot> {
     WAIT_SLOTS.get_ptr_mut(tid & (WAIT_SLOTS_LEN - 1))
 }
 
-/// Forgets the blocked state of a tid (its slot, or its overflow entry).
+/// Takes the blocked state of `tid` out of its slot (or the overflow map): at the end of its
+/// call, or at its exit.
 #[inline(always)]
-pub fn clear_wait(tid: u32) {
+pub fn take_wait(tid: u32) -> Option<WaitSlot> {
     if let Some(p) = wait_slot(tid)
         && unsafe { (*p).tid } == tid
     {
+        let state = unsafe { *p };
         unsafe { core::ptr::write_volatile(&mut (*p).tid, 0) };
-        return;
+        return Some(state);
     }
-    take_overflow(tid);
+    // Not in its slot: in the overflow map, or never tracked (filtered out, or blocked since
+    // before tracing started).
+    take_overflow(tid)
+}
+
+/// Puts the blocked state of `state.tid` in its slot, or in the overflow map when another
+/// blocked thread holds the slot; false when that map is full too.
+#[inline(always)]
+pub fn put_wait(state: &WaitSlot) -> bool {
+    let tid = state.tid;
+    if let Some(p) = wait_slot(tid) {
+        let holder = unsafe { (*p).tid };
+        if holder == 0 || holder == tid {
+            unsafe {
+                *p = WaitSlot { tid: 0, ..*state };
+                // Last: readers take a non-zero tid as "the rest is valid".
+                core::ptr::write_volatile(&mut (*p).tid, tid);
+            }
+            return true;
+        }
+    }
+    put_overflow(tid, state)
 }
 
 /// Adds an overflow entry for `tid`; false when `WAITING` is full.
 #[inline(always)]
-pub fn put_overflow(tid: u32, state: &WaitSlot) -> bool {
+fn put_overflow(tid: u32, state: &WaitSlot) -> bool {
     if WAITING.insert(tid, state, 0).is_err() {
         return false;
     }
@@ -203,7 +226,7 @@ pub fn put_overflow(tid: u32, state: &WaitSlot) -> bool {
 
 /// Removes and returns the overflow entry of `tid`, if the overflow map was ever used.
 #[inline(always)]
-pub fn take_overflow(tid: u32) -> Option<WaitSlot> {
+fn take_overflow(tid: u32) -> Option<WaitSlot> {
     let used = WAITING_USED.get_ptr_mut(0)?;
     if unsafe { core::ptr::read_volatile(used) } == 0 {
         return None;

@@ -22,8 +22,7 @@ use tracer_common::{
 
 use crate::batch;
 use crate::emit::{
-    EXEC_PENDING, bump, emit, header, min_wait_ns, now_ns, pid_tgid, put_overflow, take_overflow,
-    traced, wait_slot,
+    EXEC_PENDING, bump, emit, header, min_wait_ns, now_ns, pid_tgid, put_wait, take_wait, traced,
 };
 
 // x86_64 `struct pt_regs` word indexes. The layout is user ABI (ptrace), so fixed offsets are
@@ -88,6 +87,17 @@ pub fn sys_exit_raw(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// poll and epoll_wait/epoll_pwait with a zero timeout: it is in a register (at entry and
+/// still at exit), and such a call cannot block.
+#[inline(always)]
+fn zero_int_timeout<R: Regs>(id: u32, r: R) -> bool {
+    match id {
+        nr::POLL => r.word(DX) as i32 == 0,
+        nr::EPOLL_WAIT | nr::EPOLL_PWAIT => r.word(R10) as i32 == 0,
+        _ => false,
+    }
+}
+
 #[inline(always)]
 fn on_enter<R: Regs>(r: R, id: u32) {
     match id {
@@ -101,11 +111,9 @@ fn on_enter<R: Regs>(r: R, id: u32) {
         }
         nr::FUTEX_WAIT | nr::FUTEX_WAITV => begin_wait(id, r.word(DI), 0),
         nr::FUTEX_WAKE => bump(Stat::FutexWakes),
-        // Integer timeouts are in the registers: a zero one cannot block, skip it. Pointer
-        // timeouts (ppoll, select, pselect6, epoll_pwait2) are not read (a user-memory read
-        // costs more than tracking the call): the exit classifies them by duration.
-        nr::POLL if r.word(DX) as i32 == 0 => bump(Stat::PollNonBlocking),
-        nr::EPOLL_WAIT | nr::EPOLL_PWAIT if r.word(R10) as i32 == 0 => bump(Stat::PollNonBlocking),
+        // Pointer timeouts (ppoll, select, pselect6, epoll_pwait2) are not read (a user-memory
+        // read costs more than tracking the call): the exit classifies them by duration.
+        _ if zero_int_timeout(id, r) => bump(Stat::PollNonBlocking),
         nr::POLL
         | nr::PPOLL
         | nr::SELECT
@@ -134,24 +142,8 @@ fn begin_wait(id: u32, uaddr: u64, op: u32) {
     if !traced(tgid) {
         return;
     }
-    let start_ns = now_ns();
-    if let Some(p) = wait_slot(tid) {
-        let holder = unsafe { (*p).tid };
-        if holder == 0 || holder == tid {
-            unsafe {
-                (*p).start_ns = start_ns;
-                (*p).uaddr = uaddr;
-                (*p).tgid = tgid;
-                (*p).syscall = id as u16;
-                (*p).op = op as u16;
-                // Last: readers take a non-zero tid as "the rest is valid".
-                core::ptr::write_volatile(&mut (*p).tid, tid);
-            }
-            return;
-        }
-    }
     let state = WaitSlot {
-        start_ns,
+        start_ns: now_ns(),
         uaddr,
         tid,
         tgid,
@@ -159,24 +151,9 @@ fn begin_wait(id: u32, uaddr: u64, op: u32) {
         op: op as u16,
         _pad: 0,
     };
-    if !put_overflow(tid, &state) {
+    if !put_wait(&state) {
         bump(Stat::WaitMapFull);
     }
-}
-
-/// Takes the blocked state of the current thread out of its slot (or the overflow map).
-#[inline(always)]
-fn take_wait(tid: u32) -> Option<WaitSlot> {
-    if let Some(p) = wait_slot(tid)
-        && unsafe { (*p).tid } == tid
-    {
-        let state = unsafe { *p };
-        unsafe { core::ptr::write_volatile(&mut (*p).tid, 0) };
-        return Some(state);
-    }
-    // Not in its slot: in the overflow map, or never tracked (filtered out, or blocked since
-    // before tracing started).
-    take_overflow(tid)
 }
 
 #[inline(always)]
@@ -211,9 +188,8 @@ fn on_exit<R: Regs>(r: R, ret: i64) {
         nr::FUTEX_WAIT | nr::FUTEX_WAITV => {
             end_wait(EventKind::FutexWait, Stat::FutexShortWaits, ret)
         }
-        // Integer timeouts are still in the registers: a zero one never entered WAITING.
-        nr::POLL if r.word(DX) as i32 == 0 => {}
-        nr::EPOLL_WAIT | nr::EPOLL_PWAIT if r.word(R10) as i32 == 0 => {}
+        // A zero-timeout poll/epoll_wait never took a slot.
+        _ if zero_int_timeout(id, r) => {}
         nr::POLL
         | nr::PPOLL
         | nr::SELECT

@@ -16,8 +16,8 @@ use tracer_common::{
 };
 
 use crate::emit::{
-    EXEC_PENDING, TRACED, bump, clear_wait, current_exit_code, emit, filtering, header, now_ns,
-    pid_tgid, reserve, submit, traced,
+    EXEC_PENDING, TRACED, bump, current_exit_code, emit, filtering, header, now_ns, pid_tgid,
+    reserve, submit, take_wait, traced,
 };
 
 /// Reads a field of a classic tracepoint record. The verifier allows direct loads from the
@@ -60,7 +60,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let (tgid, tid) = pid_tgid();
     // A thread killed while blocked may never run its syscall exit: drop its state here so
     // WAITING cannot fill with the dead.
-    clear_wait(tid);
+    let _ = take_wait(tid);
     if !traced(tgid) {
         return 0;
     }

@@ -128,53 +128,62 @@ struct Session {
     last_stats: Option<crate::probes::KernelStats>,
 }
 
-impl Session {
-    fn handle(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
-        let ev = match events::decode(bytes) {
-            Ok(ev) => ev,
-            Err(e) => {
-                self.model.host.undecodable += 1;
-                tracing::warn!("undecodable event from the kernel: {e}");
-                return Ok(());
-            }
-        };
-        let cg = ev.header().cgroup_id;
-        if !self.model.cgroup_known(cg) {
-            let path = self.cgroups.resolve(cg).unwrap_or_default();
-            self.sink.meta(&Meta::Cgroup {
-                id: cg,
-                path: path.clone(),
-            })?;
-            self.model.set_cgroup(cg, path);
+/// Decodes one kernel event, writes it (after its cgroup's path, the first time) and feeds the
+/// model. Takes the fields it needs, not the session, so that the caller can
+/// hand it ring-buffer items in place.
+fn handle(
+    model: &mut Model,
+    cgroups: &mut Cgroups,
+    sink: &mut Sink,
+    bytes: &[u8],
+) -> anyhow::Result<()> {
+    let ev = match events::decode(bytes) {
+        Ok(ev) => ev,
+        Err(e) => {
+            model.host.undecodable += 1;
+            tracing::warn!("undecodable event from the kernel: {e}");
+            return Ok(());
         }
-        self.sink.event(bytes)?;
-        self.model.apply(&ev);
-        Ok(())
-    }
+    };
+    note_cgroup(model, cgroups, sink, ev.header().cgroup_id)?;
+    sink.event(bytes)?;
+    model.apply(&ev);
+    Ok(())
+}
 
+/// The first time a cgroup id is seen (again, once compaction forgot it), resolves its path
+/// and writes it to the file before anything that refers to it.
+fn note_cgroup(
+    model: &mut Model,
+    cgroups: &mut Cgroups,
+    sink: &mut Sink,
+    id: u64,
+) -> anyhow::Result<()> {
+    if !model.cgroup_known(id) {
+        let path = cgroups.resolve(id).unwrap_or_default();
+        sink.meta(&Meta::Cgroup {
+            id,
+            path: path.clone(),
+        })?;
+        model.set_cgroup(id, path);
+    }
+    Ok(())
+}
+
+impl Session {
+    /// Handles every event waiting in the ring buffer, each read in place.
     fn drain(&mut self) -> anyhow::Result<()> {
-        // Collect first: the ring buffer item borrows the map, `handle` borrows self.
-        let mut batch: Vec<u8> = Vec::new();
-        let mut lens: Vec<usize> = Vec::new();
-        loop {
-            batch.clear();
-            lens.clear();
-            while let Some(item) = self.probes.events.next() {
-                batch.extend_from_slice(&item);
-                lens.push(item.len());
-                if lens.len() >= 4096 {
-                    break;
-                }
-            }
-            if lens.is_empty() {
-                return Ok(());
-            }
-            let mut off = 0;
-            for &len in &lens {
-                self.handle(&batch[off..off + len])?;
-                off += len;
-            }
+        let Session {
+            probes,
+            model,
+            cgroups,
+            sink,
+            ..
+        } = self;
+        while let Some(item) = probes.events.next() {
+            handle(model, cgroups, sink, &item)?;
         }
+        Ok(())
     }
 
     fn sample(&mut self) -> anyhow::Result<()> {
@@ -360,14 +369,7 @@ pub async fn run(
     }
     for seed in &seeds {
         s.model.seed(seed, start_ns);
-        if !s.model.cgroup_known(seed.cgroup_id) {
-            let path = s.cgroups.resolve(seed.cgroup_id).unwrap_or_default();
-            s.sink.meta(&Meta::Cgroup {
-                id: seed.cgroup_id,
-                path: path.clone(),
-            })?;
-            s.model.set_cgroup(seed.cgroup_id, path);
-        }
+        note_cgroup(&mut s.model, &mut s.cgroups, &mut s.sink, seed.cgroup_id)?;
         s.sink.meta(&Meta::Process(seed.clone()))?;
     }
     s.sink.flush()?;

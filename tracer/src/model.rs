@@ -65,6 +65,25 @@ pub struct ProcessSummary {
     pub rss_peak_bytes: u64,
 }
 
+impl ProcessSummary {
+    /// Whether the process did anything this tracer follows.
+    pub fn active(&self) -> bool {
+        self.threads_created + self.futex_waits + self.poll_waits + self.mmap_calls > 0
+            || self.brk_growth_bytes > 0
+            || self.futex_parked_peak + self.poll_waiting_now > 0
+            || self.oom_killed
+    }
+
+    /// Sort key, busiest first: thread creation, then parked threads, then memory growth.
+    pub fn busiest_first(&self) -> std::cmp::Reverse<(u64, u32, u64)> {
+        std::cmp::Reverse((
+            self.threads_created,
+            self.futex_parked_peak,
+            self.mmap_bytes + self.brk_growth_bytes,
+        ))
+    }
+}
+
 #[derive(Debug, Default)]
 struct Process {
     sum: ProcessSummary,
@@ -443,17 +462,25 @@ impl Model {
 
     /// Summaries of every process seen: exited ones first, in exit order, then live ones by pid.
     pub fn summaries(&self) -> Vec<ProcessSummary> {
-        let mut live: Vec<ProcessSummary> = self.procs.values().map(|p| p.sum.clone()).collect();
+        let mut live = self.live_summaries();
         live.sort_by_key(|s| s.pid);
         self.finished
             .iter()
-            .cloned()
+            .map(|s| self.named(s))
             .chain(live)
-            .map(|mut s| {
-                s.cgroup = self.cgroup_name(s.cgroup_id);
-                s
-            })
             .collect()
+    }
+
+    /// Summaries of the live processes only (the live view; no exited ones copied).
+    pub fn live_summaries(&self) -> Vec<ProcessSummary> {
+        self.procs.values().map(|p| self.named(&p.sum)).collect()
+    }
+
+    fn named(&self, s: &ProcessSummary) -> ProcessSummary {
+        ProcessSummary {
+            cgroup: self.cgroup_name(s.cgroup_id),
+            ..s.clone()
+        }
     }
 
     pub fn is_live(&self, pid: u32) -> bool {

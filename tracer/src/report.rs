@@ -130,25 +130,14 @@ fn secs(ns: u64) -> String {
     format!("{:.2}s", ns as f64 / 1e9)
 }
 
-/// Processes with something to show, busiest first.
+/// Processes with something to show (and every one born during the trace), busiest first.
 fn interesting(r: &Report) -> Vec<&ProcessSummary> {
     let mut v: Vec<&ProcessSummary> = r
         .processes
         .iter()
-        .filter(|p| {
-            p.threads_created + p.futex_waits + p.poll_waits + p.mmap_calls + p.brk_growth_bytes > 0
-                || p.futex_parked_peak > 0
-                || p.oom_killed
-                || !p.seeded
-        })
+        .filter(|p| p.active() || !p.seeded)
         .collect();
-    v.sort_by_key(|p| {
-        std::cmp::Reverse((
-            p.threads_created,
-            p.futex_parked_peak,
-            p.mmap_bytes + p.brk_growth_bytes,
-        ))
-    });
+    v.sort_by_key(|p| p.busiest_first());
     v
 }
 
@@ -267,20 +256,10 @@ pub fn render_table(rows: &[&ProcessSummary], limit: usize) -> String {
 /// Rows for the live view: live processes with activity, busiest first.
 pub fn live_rows(model: &Model) -> Vec<ProcessSummary> {
     let mut v: Vec<ProcessSummary> = model
-        .summaries()
+        .live_summaries()
         .into_iter()
-        .filter(|p| p.exited_ns.is_none())
-        .filter(|p| {
-            p.threads_created + p.futex_waits + p.poll_waits + p.mmap_calls > 0
-                || p.futex_parked_now + p.poll_waiting_now > 0
-        })
+        .filter(ProcessSummary::active)
         .collect();
-    v.sort_by_key(|p| {
-        std::cmp::Reverse((
-            p.threads_created,
-            p.futex_parked_now,
-            p.mmap_bytes + p.brk_growth_bytes,
-        ))
-    });
+    v.sort_by_key(ProcessSummary::busiest_first);
     v
 }

@@ -6,7 +6,7 @@
 use std::{
     fs::File,
     io::BufReader,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Output},
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -80,7 +80,7 @@ impl Traced {
     }
 
     pub fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.out.stderr).into_owned()
+        stderr_of(&self.out)
     }
 
     pub fn events_of(&self, pid: u32) -> impl Iterator<Item = &Event> {
@@ -103,25 +103,55 @@ pub fn read_report(path: &PathBuf) -> Report {
     report::build(BufReader::new(File::open(path).expect("trace file"))).expect("report")
 }
 
-/// `tracer record -o <tmp> --sample-ms 100 <extra> -- <cmd>`.
-pub fn record(extra: &[&str], cmd: &[&str]) -> Traced {
-    require_root();
-    let path = temp_path("trace.trc");
-    let out = Command::new(tracer_bin())
+/// `tracer <args>`, run to completion.
+pub fn run_tracer(args: &[&str]) -> Output {
+    Command::new(tracer_bin())
+        .args(args)
+        .output()
+        .expect("running tracer")
+}
+
+/// `tracer record -o <path> <extra> -- <cmd>`, run to completion.
+pub fn run_record(path: &Path, extra: &[&str], cmd: &[&str]) -> Output {
+    Command::new(tracer_bin())
         .arg("record")
         .arg("-o")
-        .arg(&path)
-        .args(["--sample-ms", "100"])
+        .arg(path)
         .args(extra)
         .arg("--")
         .args(cmd)
         .output()
-        .expect("running tracer");
+        .expect("running tracer record")
+}
+
+/// `tracer report <args> <path>`, run to completion.
+pub fn run_report(path: &Path, args: &[&str]) -> Output {
+    Command::new(tracer_bin())
+        .arg("report")
+        .args(args)
+        .arg(path)
+        .output()
+        .expect("running tracer report")
+}
+
+pub fn stderr_of(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `tracer record -o <tmp> --sample-ms 100 <extra> -- <cmd>`, checked for losses and probes.
+pub fn record(extra: &[&str], cmd: &[&str]) -> Traced {
+    require_root();
+    let path = temp_path("trace.trc");
+    let extra: Vec<&str> = ["--sample-ms", "100"]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    let out = run_record(&path, &extra, cmd);
     let status = out.status.code().unwrap_or(-1);
     assert!(
         path.is_file(),
         "tracer wrote no file; stderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr_of(&out)
     );
     let report = read_report(&path);
     let events = read_events(&path);
