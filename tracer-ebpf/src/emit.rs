@@ -202,7 +202,11 @@ pub fn put_wait(state: &WaitSlot) -> bool {
         let holder = unsafe { (*p).tid };
         if holder == 0 || holder == tid {
             unsafe {
-                *p = WaitSlot { tid: 0, ..*state };
+                (*p).start_ns = state.start_ns;
+                (*p).uaddr = state.uaddr;
+                (*p).tgid = state.tgid;
+                (*p).syscall = state.syscall;
+                (*p).op = state.op;
                 // Last: readers take a non-zero tid as "the rest is valid".
                 core::ptr::write_volatile(&mut (*p).tid, tid);
             }

@@ -180,7 +180,9 @@ fn per_call(p: &Paths, iters: u64) -> anyhow::Result<()> {
         ("mmap", iters / 4),
         ("thread", (iters / 100).max(100)),
     ];
-    const ROUNDS: usize = 3;
+    // Five rounds: thread create+join is noisy here, and a median of 3 once let one bad
+    // round through.
+    const ROUNDS: usize = 5;
     // [loop][mode] samples; modes: untraced, tracer, bpftrace.
     let mut samples = vec![[Vec::new(), Vec::new(), Vec::new()]; loops.len()];
     for round in 0..ROUNDS {
