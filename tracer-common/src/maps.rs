@@ -28,6 +28,13 @@ pub const WAIT_SLOTS_LEN: u32 = 1 << 17;
 pub const WAITING: &str = "WAITING";
 pub const WAITING_MAX: u32 = 16_384;
 
+/// One `u64`, set to 1 by the collector once the `sched_switch` hook is attached. From then
+/// on a wait's `start_ns` is written when its thread first goes to sleep in the call, and
+/// stays 0 in a call that never sleeps (a zero-timeout poll, a futex wait on a changed word):
+/// such calls cost no clock read, the largest part of a traced call's cost here. Before (or
+/// without the hook) `start_ns` is the syscall entry time.
+pub const SWITCH_HOOKED: &str = "SWITCH_HOOKED";
+
 /// Per-CPU direct-mapped cache of the last RSS values emitted per mm, indexed by
 /// `mm_id & (RSS_LAST_LEN - 1)`: only moves of at least the granule are streamed. `rss_stat`
 /// fires at page-fault rate, so this is an array (lookups are inlined), not a hash. A slot
@@ -83,8 +90,9 @@ pub mod globals {
     pub const TASK_EXIT_CODE_OFF: &str = "TASK_EXIT_CODE_OFF";
 }
 
-/// A blocked thread: the value of `WAIT_SLOTS` and `WAITING`. `tid` is 0 in a free slot and is
-/// written last, so a reader that sees it non-zero sees the rest.
+/// A thread in a call that can block: the value of `WAIT_SLOTS` and `WAITING`. `tid` is 0 in a
+/// free slot and is written last, so a reader that sees it non-zero sees the rest. `start_ns`
+/// is 0 while the thread has not slept in the call (see [`SWITCH_HOOKED`]): it is not parked.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WaitSlot {

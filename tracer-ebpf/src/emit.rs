@@ -33,6 +33,8 @@ pub static WAITING: HashMap<u32, WaitSlot> = HashMap::with_max_entries(WAITING_M
 #[map]
 pub static WAITING_USED: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
+pub static SWITCH_HOOKED: Array<u64> = Array::with_max_entries(1, 0);
+#[map]
 pub static RSS_LAST: PerCpuArray<RssLast> = PerCpuArray::with_max_entries(RSS_LAST_LEN, 0);
 #[map]
 pub static TRACED: HashMap<u32, u32> = HashMap::with_max_entries(TRACED_MAX, 0);
@@ -171,6 +173,15 @@ pub fn submit<T: 'static>(entry: aya_ebpf::maps::ring_buf::RingBufEntry<T>) {
     entry.submit(submit_flags());
 }
 
+/// Whether `sched_switch` stamps park starts (else a wait's start is read at its entry).
+#[inline(always)]
+pub fn switch_hooked() -> bool {
+    match SWITCH_HOOKED.get_ptr(0) {
+        Some(p) => (unsafe { core::ptr::read_volatile(p) }) != 0,
+        None => false,
+    }
+}
+
 /// The `WAIT_SLOTS` entry of a tid.
 #[inline(always)]
 pub fn wait_slot(tid: u32) -> Option<*mut WaitSlot> {
@@ -214,6 +225,29 @@ pub fn put_wait(state: &WaitSlot) -> bool {
         }
     }
     put_overflow(tid, state)
+}
+
+/// Stamps the park start of `tid` if it is in a wait call and this is its first sleep there.
+#[inline(always)]
+pub fn mark_parked(tid: u32) {
+    let slot = match wait_slot(tid) {
+        Some(p) if unsafe { (*p).tid } == tid => p,
+        // Not in its slot: in the overflow map, if that was ever used, or not waiting.
+        _ => match WAITING_USED.get_ptr(0) {
+            Some(used) if unsafe { core::ptr::read_volatile(used) } != 0 => {
+                match WAITING.get_ptr_mut(tid) {
+                    Some(p) => p,
+                    None => return,
+                }
+            }
+            _ => return,
+        },
+    };
+    unsafe {
+        if (*slot).start_ns == 0 {
+            core::ptr::write_volatile(&mut (*slot).start_ns, now_ns());
+        }
+    }
 }
 
 /// Adds an overflow entry for `tid`; false when `WAITING` is full.

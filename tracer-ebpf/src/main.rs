@@ -2,14 +2,16 @@
 //! `EVENTS` ring buffer, or into per-CPU counts when the call is hot and uninteresting.
 //!
 //! Hooks: `tp_btf/sys_enter` + `tp_btf/sys_exit` (with raw tracepoint twins as a fallback)
-//! for futex, poll-family, mmap-family, brk and exit calls; classic tracepoints for task
-//! creation, exit and exec, `rss_stat` and `oom/mark_victim`.
+//! for futex, poll-family, mmap-family, brk and exit calls; `sched_switch` (BTF or raw) for the
+//! moment a waiting thread sleeps; classic tracepoints for task creation, exit and exec,
+//! `rss_stat` and `oom/mark_victim`.
 #![no_std]
 #![no_main]
 
 mod batch;
 mod emit;
 mod mem;
+mod park;
 mod syscall;
 mod task;
 

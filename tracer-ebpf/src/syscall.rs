@@ -22,7 +22,8 @@ use tracer_common::{
 
 use crate::batch;
 use crate::emit::{
-    EXEC_PENDING, bump, emit, header, min_wait_ns, now_ns, pid_tgid, put_wait, take_wait, traced,
+    EXEC_PENDING, bump, emit, header, min_wait_ns, now_ns, pid_tgid, put_wait, switch_hooked,
+    take_wait, traced,
 };
 
 // x86_64 `struct pt_regs` word indexes. The layout is user ABI (ptrace), so fixed offsets are
@@ -143,7 +144,8 @@ fn begin_wait(id: u32, uaddr: u64, op: u32) {
         return;
     }
     let state = WaitSlot {
-        start_ns: now_ns(),
+        // With the sched_switch hook, the start is stamped when the thread first sleeps.
+        start_ns: if switch_hooked() { 0 } else { now_ns() },
         uaddr,
         tid,
         tgid,
@@ -162,14 +164,26 @@ fn end_wait(kind: EventKind, short: Stat, ret: i64) {
     let Some(state) = take_wait(tid) else {
         return;
     };
+    let min_wait = min_wait_ns();
+    // Never slept in the call (start 0): short, and no clock read unless every wait is
+    // streamed (`--min-wait-ms 0`).
+    if state.start_ns == 0 && min_wait > 0 {
+        bump(short);
+        return;
+    }
     let now = now_ns();
-    if now.saturating_sub(state.start_ns) < min_wait_ns() {
+    let start = if state.start_ns == 0 {
+        now
+    } else {
+        state.start_ns
+    };
+    if now.saturating_sub(start) < min_wait {
         bump(short);
         return;
     }
     emit(&WaitEvent {
         hdr: header(kind, now, tgid, tid),
-        start_ns: state.start_ns,
+        start_ns: start,
         uaddr: state.uaddr,
         ret,
         syscall: state.syscall as u32,
@@ -209,12 +223,12 @@ fn on_mem_exit<R: Regs>(id: u32, r: R, ret: i64) {
         bump(Stat::MemFailures);
         return;
     }
-    let (tgid, tid) = pid_tgid();
     let (di, si) = (r.word(DI), r.word(SI));
-    if id == nr::BRK && di == 0 && !first_brk_after_exec(tgid) {
+    if id == nr::BRK && di == 0 && !first_brk_after_exec() {
         bump(Stat::BrkQueries);
         return;
     }
+    let (tgid, tid) = pid_tgid();
     if !traced(tgid) {
         return;
     }
@@ -280,11 +294,12 @@ fn on_mem_exit<R: Regs>(id: u32, r: R, ret: i64) {
 }
 
 /// True once for the first `brk(0)` of a freshly exec'd process on this CPU (see
-/// `EXEC_PENDING`).
+/// `EXEC_PENDING`). The thread id is read only when an exec is pending here: the common
+/// `brk(0)` costs one inlined per-CPU lookup.
 #[inline(always)]
-fn first_brk_after_exec(tgid: u32) -> bool {
+fn first_brk_after_exec() -> bool {
     match EXEC_PENDING.get_ptr_mut(0) {
-        Some(slot) if unsafe { *slot } == tgid => {
+        Some(slot) if unsafe { *slot } != 0 && unsafe { *slot } == pid_tgid().0 => {
             unsafe { *slot = 0 };
             true
         }

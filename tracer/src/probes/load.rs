@@ -3,7 +3,7 @@
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, RawTracePoint, TracePoint},
 };
 use std::os::fd::{AsFd, AsRawFd, RawFd};
@@ -119,7 +119,7 @@ impl Probes {
 
         let mut status = Vec::new();
         let flush = load_flush(&mut ebpf);
-        attach_syscalls(&mut ebpf, &mut status, cfg.raw_syscall_hooks);
+        attach_generic(&mut ebpf, &mut status, cfg.raw_syscall_hooks);
         attach_tracepoints(&mut ebpf, &mut status);
         for s in &status {
             match &s.error {
@@ -296,15 +296,29 @@ impl TaskOffsets {
     }
 }
 
-/// `sys_enter`/`sys_exit` as BTF tracepoints, or as raw tracepoints when BTF ones do not load.
-fn attach_syscalls(ebpf: &mut Ebpf, status: &mut Vec<ProbeStatus>, raw_only: bool) {
+/// The hooks that exist as a BTF tracepoint program and a raw tracepoint twin, with what is
+/// lost when neither attaches.
+const GENERIC_HOOKS: [(&str, &str); 3] = [
+    (
+        "sched_switch",
+        "park start times: waits are timed from their syscall entry instead",
+    ),
+    ("sys_enter", "futex, poll, mmap, brk, exit syscalls"),
+    ("sys_exit", "futex, poll, mmap, brk, exit syscalls"),
+];
+
+/// `sched_switch`, `sys_enter` and `sys_exit` as BTF tracepoints, or as raw tracepoints when
+/// BTF ones do not load. Once `sched_switch` is attached, the kernel programs stamp park
+/// starts there (`SWITCH_HOOKED`).
+fn attach_generic(ebpf: &mut Ebpf, status: &mut Vec<ProbeStatus>, raw_only: bool) {
     let btf = Btf::from_sys_fs();
-    for hook in ["sys_enter", "sys_exit"] {
+    for (hook, lost) in GENERIC_HOOKS {
         let btf_err = match &btf {
             _ if raw_only => "raw tracepoints requested".to_owned(),
             Ok(btf) => match attach_btf(ebpf, &format!("{hook}_btf"), hook, btf) {
                 Ok(()) => {
                     status.push(ok(format!("tp_btf/{hook}")));
+                    hooked(ebpf, hook);
                     continue;
                 }
                 Err(e) => e,
@@ -314,17 +328,38 @@ fn attach_syscalls(ebpf: &mut Ebpf, status: &mut Vec<ProbeStatus>, raw_only: boo
         if !raw_only {
             tracing::warn!(
                 "tp_btf/{hook} not usable ({btf_err}); using raw_tp/{hook}, which costs a \
-                 little more per syscall"
+                 little more per call"
             );
         }
         match attach_raw(ebpf, &format!("{hook}_raw"), hook) {
-            Ok(()) => status.push(ok(format!("raw_tp/{hook}"))),
+            Ok(()) => {
+                status.push(ok(format!("raw_tp/{hook}")));
+                hooked(ebpf, hook);
+            }
             Err(e) => status.push(ProbeStatus {
-                name: format!("{hook} (futex, poll, mmap, brk, exit syscalls)"),
+                name: format!("{hook} ({lost})"),
                 attached: false,
                 error: Some(format!("tp_btf: {btf_err}; raw_tp: {e}")),
             }),
         }
+    }
+}
+
+/// Tells the kernel programs that `sched_switch` now stamps park starts.
+fn hooked(ebpf: &mut Ebpf, hook: &str) {
+    if hook != "sched_switch" {
+        return;
+    }
+    let res = ebpf
+        .map_mut(m::SWITCH_HOOKED)
+        .ok_or_else(|| "map missing".to_owned())
+        .and_then(|map| Array::<_, u64>::try_from(map).map_err(|e| e.to_string()))
+        .and_then(|mut a| a.set(0, 1, 0).map_err(|e| e.to_string()));
+    if let Err(e) = res {
+        tracing::warn!(
+            "setting {} failed ({e}): waits are timed from their syscall entry",
+            m::SWITCH_HOOKED
+        );
     }
 }
 

@@ -40,8 +40,9 @@ impl KernelStats {
     }
 }
 
-/// Aggregates blocked threads per process. Waits younger than `min_age_ns` are left out: they
-/// are the short waits the kernel does not stream either.
+/// Aggregates blocked threads per process. Threads in a wait call that have not slept in it
+/// (`start_ns` 0) are not parked; waits younger than `min_age_ns` are left out: they are the
+/// short waits the kernel does not stream either.
 pub fn wait_snapshot(
     entries: impl Iterator<Item = WaitSlot>,
     now_ns: u64,
@@ -49,7 +50,7 @@ pub fn wait_snapshot(
 ) -> Vec<WaitAggregate> {
     let mut by_pid: HashMap<u32, WaitAggregate> = HashMap::new();
     for w in entries {
-        if w.tid == 0 || now_ns.saturating_sub(w.start_ns) < min_age_ns {
+        if w.tid == 0 || w.start_ns == 0 || now_ns.saturating_sub(w.start_ns) < min_age_ns {
             continue;
         }
         let agg = by_pid.entry(w.tgid).or_insert_with(|| WaitAggregate {
@@ -171,7 +172,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn snapshot_separates_futex_from_polls_and_skips_young_waits() {
+    fn snapshot_separates_futex_from_polls_and_skips_young_and_unslept_waits() {
         let w = |tid, tgid, syscall: u32, start_ns| WaitSlot {
             start_ns,
             tid,
@@ -186,6 +187,7 @@ mod tests {
             w(4, 10, syscalls::FUTEX, 990), // too young
             w(5, 20, syscalls::SELECT, 10),
             w(0, 30, syscalls::FUTEX, 10), // a free slot
+            w(6, 40, syscalls::FUTEX, 0),  // in the call, has not slept: not parked
         ];
         let s = wait_snapshot(entries.into_iter(), 1000, 100);
         assert_eq!(s.len(), 2);
