@@ -50,6 +50,34 @@ fn futex_parks_and_thread_lifecycle() {
 }
 
 #[test]
+fn a_stopped_thread_is_not_parked_and_its_wait_restarts() {
+    // Parked 400 ms, stopped 1500 ms (SIGSTOP interrupts the wait; it restarts on SIGCONT),
+    // parked again 400 ms. Each park is timed from its own sleep: the stopped time, when the
+    // thread sits past its futex call's exit, belongs to neither.
+    let t = record(
+        &["--min-wait-ms", "20"],
+        &[workload(), "stopped-park", "400", "1500", "400"],
+    );
+    assert_eq!(t.status, 0, "{}", t.stderr());
+    let p = t.workload_proc();
+    let parks: Vec<u64> = t
+        .events_of(p.pid)
+        .filter_map(|e| match e {
+            Event::FutexWait(w) if w.hdr.tid != p.pid => Some(w.hdr.ts_ns - w.start_ns),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(parks.len(), 2, "interrupted + restarted: {parks:?}");
+    for d in &parks {
+        assert!(
+            (300 * MS..1200 * MS).contains(d),
+            "each park ~400 ms, never the 1.5 s stop: {parks:?}"
+        );
+    }
+    assert_eq!(p.futex_parked_peak, 1, "{p:#?}");
+}
+
+#[test]
 fn raw_tracepoint_syscall_hooks_see_the_same() {
     // The fallback for kernels without usable BTF tracepoints: same programs, registers read
     // through probe reads.

@@ -173,7 +173,8 @@ pub fn submit<T: 'static>(entry: aya_ebpf::maps::ring_buf::RingBufEntry<T>) {
     entry.submit(submit_flags());
 }
 
-/// Whether `sched_switch` stamps park starts (else a wait's start is read at its entry).
+/// Whether `sched_switch` stamps park starts (else a wait's start is read at its entry): see
+/// `tracer_common::maps::SWITCH_HOOKED`.
 #[inline(always)]
 pub fn switch_hooked() -> bool {
     match SWITCH_HOOKED.get_ptr(0) {
@@ -227,9 +228,10 @@ pub fn put_wait(state: &WaitSlot) -> bool {
     put_overflow(tid, state)
 }
 
-/// Stamps the park start of `tid` if it is in a wait call and this is its first sleep there.
+/// Stamps the park start of `tid` if it holds a wait slot (or overflow entry) not yet
+/// stamped; false when it holds none.
 #[inline(always)]
-pub fn mark_parked(tid: u32) {
+pub fn mark_parked(tid: u32) -> bool {
     let slot = match wait_slot(tid) {
         Some(p) if unsafe { (*p).tid } == tid => p,
         // Not in its slot: in the overflow map, if that was ever used, or not waiting.
@@ -237,10 +239,10 @@ pub fn mark_parked(tid: u32) {
             Some(used) if unsafe { core::ptr::read_volatile(used) } != 0 => {
                 match WAITING.get_ptr_mut(tid) {
                     Some(p) => p,
-                    None => return,
+                    None => return false,
                 }
             }
-            _ => return,
+            _ => return false,
         },
     };
     unsafe {
@@ -248,6 +250,7 @@ pub fn mark_parked(tid: u32) {
             core::ptr::write_volatile(&mut (*slot).start_ns, now_ns());
         }
     }
+    true
 }
 
 /// Adds an overflow entry for `tid`; false when `WAITING` is full.

@@ -1,16 +1,32 @@
-//! `sched_switch`: stamps the moment a thread in a wait call first goes to sleep there (see
-//! `tracer_common::maps::SWITCH_HOOKED`), so that calls which never sleep need no clock read.
+//! `sched_switch`: where a thread in a call that can park (futex wait, blocking poll) is seen
+//! going to sleep. The BTF program opens the thread's wait slot there, stamped with the time:
+//! a call that never sleeps costs nothing beyond `sys_exit`, and no `sys_enter` program is
+//! needed at all. The raw-tracepoint twin (no BTF: no access to the task's registers) only
+//! stamps slots that `sys_enter` opened.
 //!
 //! It fires on every context switch on the host. A preemption leaves at once; a sleep costs a
-//! thread-id read and an inlined array lookup, and a clock read only for a thread whose wait
-//! has just begun. At this tracepoint `current` is still the task being switched out.
+//! thread-id read and an inlined array lookup, and, for the BTF program, two loads from the
+//! task's saved user registers. At this tracepoint `current` is still the task switched out.
 
 use aya_ebpf::{
+    helpers::generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     macros::{btf_tracepoint, raw_tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
+use tracer_common::maps::Stat;
 
-use crate::emit::{mark_parked, pid_tgid};
+use crate::emit::{bump, mark_parked, now_ns, pid_tgid, put_wait, traced};
+use crate::syscall::{AX, BtfRegs, ORIG_AX, Regs, can_park, wait_slot_for};
+
+/// `task->__state` bits: a sleep in a call (interruptible or not) counts as a park; stops,
+/// traces, freezing and death do not (a stopped thread may be past its syscall's exit).
+const TASK_INTERRUPTIBLE: u32 = 0x1;
+const TASK_UNINTERRUPTIBLE: u32 = 0x2;
+const NOT_A_PARK: u32 = 0x4 | 0x8 | 0x10 | 0x20 | 0x40 | 0x80 | 0x8000;
+
+/// `-ENOSYS`: what the syscall entry code puts in `regs->ax` until the call returns. A task
+/// whose saved `ax` is anything else has finished its syscall (it sleeps on the way out).
+const ENOSYS: i64 = -38;
 
 // Arguments of `sched_switch`: (bool preempt, struct task_struct *prev,
 // struct task_struct *next, unsigned int prev_state).
@@ -18,7 +34,11 @@ use crate::emit::{mark_parked, pid_tgid};
 pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
     let preempt: u64 = ctx.arg(0);
     let prev_state: u64 = ctx.arg(3);
-    on_switch(preempt as u8 != 0, prev_state as u32);
+    if let Some((tgid, tid)) = sleeping(preempt, prev_state)
+        && !mark_parked(tid)
+    {
+        open_slot(tgid, tid);
+    }
     0
 }
 
@@ -26,18 +46,42 @@ pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
 pub fn sched_switch_raw(ctx: RawTracePointContext) -> i32 {
     let preempt: u64 = ctx.arg(0);
     let prev_state: u64 = ctx.arg(3);
-    on_switch(preempt as u8 != 0, prev_state as u32);
+    if let Some((_, tid)) = sleeping(preempt, prev_state) {
+        mark_parked(tid);
+    }
     0
 }
 
+/// The (tgid, tid) of the task being switched out if it is going to sleep.
 #[inline(always)]
-fn on_switch(preempt: bool, prev_state: u32) {
-    // Preempted (or still runnable): the thread is not parked.
-    if preempt || prev_state == 0 {
+fn sleeping(preempt: u64, prev_state: u64) -> Option<(u32, u32)> {
+    let state = prev_state as u32;
+    if preempt as u8 != 0
+        || state & (TASK_INTERRUPTIBLE | TASK_UNINTERRUPTIBLE) == 0
+        || state & NOT_A_PARK != 0
+    {
+        return None;
+    }
+    let (tgid, tid) = pid_tgid();
+    (tid != 0).then_some((tgid, tid))
+}
+
+/// Opens a stamped wait slot if the current task sleeps inside a call that can park.
+#[inline(always)]
+fn open_slot(tgid: u32, tid: u32) {
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u64;
+    if regs.is_null() {
         return;
     }
-    let (_, tid) = pid_tgid();
-    if tid != 0 {
-        mark_parked(tid);
+    let r = BtfRegs(regs);
+    if r.word(AX) as i64 != ENOSYS {
+        return;
+    }
+    let id = r.word(ORIG_AX) as u32;
+    if !can_park(id, r) || !traced(tgid) {
+        return;
+    }
+    if !put_wait(&wait_slot_for(id, r, tgid, tid, now_ns())) {
+        bump(Stat::WaitMapFull);
     }
 }

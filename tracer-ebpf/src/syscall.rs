@@ -1,13 +1,15 @@
-//! `sys_enter`/`sys_exit`: one pair of programs for every traced syscall.
+//! `sys_exit` (and, where needed, `sys_enter`): one program for every traced syscall.
 //!
 //! Measured on this kind of machine (shared/perf-floor.md), BTF/raw `sys_enter`/`sys_exit`
 //! cost ~140 ns per call pair against ~300 ns for a pair of classic per-syscall tracepoints,
 //! and even untraced syscalls pay ~90 ns of the slow path once any syscall tracepoint is on.
 //! So the generic hooks win; each does one `match` on the syscall number and leaves at once
-//! for syscalls it does not follow.
+//! for syscalls it does not follow. With BTF, `sys_enter` is not attached at all: wait slots
+//! are opened by `sched_switch` when a thread actually sleeps (see `park`), and exit codes
+//! come from `task_struct`. Every syscall on the host then pays one hook, not two.
 //!
-//! Per-thread state (`WAITING`) is touched only by calls that can block. Wakes, zero-timeout
-//! polls and `brk(0)` are counted per CPU and never streamed.
+//! Wakes, waits that never slept, zero-timeout polls and `brk(0)` are counted per CPU and
+//! never streamed.
 
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel,
@@ -30,19 +32,20 @@ use crate::emit::{
 // safe without CO-RE.
 const R10: usize = 7;
 const R8: usize = 9;
+pub(crate) const AX: usize = 10;
 const DX: usize = 12;
 const SI: usize = 13;
 const DI: usize = 14;
-const ORIG_AX: usize = 15;
+pub(crate) const ORIG_AX: usize = 15;
 
 /// Reads `pt_regs` words. BTF tracepoints get a typed pointer the verifier lets us load from
 /// directly; raw tracepoints get an untyped one that needs `bpf_probe_read_kernel`.
-trait Regs: Copy {
+pub(crate) trait Regs: Copy {
     fn word(self, i: usize) -> u64;
 }
 
 #[derive(Clone, Copy)]
-struct BtfRegs(*const u64);
+pub(crate) struct BtfRegs(pub(crate) *const u64);
 impl Regs for BtfRegs {
     #[inline(always)]
     fn word(self, i: usize) -> u64 {
@@ -99,29 +102,61 @@ fn zero_int_timeout<R: Regs>(id: u32, r: R) -> bool {
     }
 }
 
+/// The calls that can park a thread: futex waits and poll-family calls that may block.
+/// `sched_switch` creates wait slots for exactly these, and their exits take the slot.
 #[inline(always)]
-fn on_enter<R: Regs>(r: R, id: u32) {
+pub(crate) fn can_park<R: Regs>(id: u32, r: R) -> bool {
     match id {
-        nr::FUTEX => {
-            let op = r.word(SI) as u32 & !FUTEX_FLAGS;
-            if futex_op_waits(op) {
-                begin_wait(id, r.word(DI), op);
-            } else {
-                bump(Stat::FutexWakes);
-            }
-        }
-        nr::FUTEX_WAIT | nr::FUTEX_WAITV => begin_wait(id, r.word(DI), 0),
-        nr::FUTEX_WAKE => bump(Stat::FutexWakes),
-        // Pointer timeouts (ppoll, select, pselect6, epoll_pwait2) are not read (a user-memory
-        // read costs more than tracking the call): the exit classifies them by duration.
-        _ if zero_int_timeout(id, r) => bump(Stat::PollNonBlocking),
+        nr::FUTEX => futex_op_waits(r.word(SI) as u32 & !FUTEX_FLAGS),
+        nr::FUTEX_WAIT | nr::FUTEX_WAITV => true,
+        _ if zero_int_timeout(id, r) => false,
         nr::POLL
         | nr::PPOLL
         | nr::SELECT
         | nr::PSELECT6
         | nr::EPOLL_WAIT
         | nr::EPOLL_PWAIT
-        | nr::EPOLL_PWAIT2 => begin_wait(id, r.word(DI), r.word(SI).min(u16::MAX as u64) as u32),
+        | nr::EPOLL_PWAIT2 => true,
+        _ => false,
+    }
+}
+
+/// What a wait slot records besides the thread: futex op (masked), or a poll's nfds.
+#[inline(always)]
+fn wait_op<R: Regs>(id: u32, r: R) -> u16 {
+    match id {
+        nr::FUTEX => (r.word(SI) as u32 & !FUTEX_FLAGS) as u16,
+        nr::FUTEX_WAIT | nr::FUTEX_WAITV => 0,
+        _ => r.word(SI).min(u16::MAX as u64) as u16,
+    }
+}
+
+/// A wait slot for the current thread's call `id`; `start_ns` 0 until it sleeps.
+#[inline(always)]
+pub(crate) fn wait_slot_for<R: Regs>(
+    id: u32,
+    r: R,
+    tgid: u32,
+    tid: u32,
+    start_ns: u64,
+) -> WaitSlot {
+    WaitSlot {
+        start_ns,
+        uaddr: r.word(DI),
+        tid,
+        tgid,
+        syscall: id as u16,
+        op: wait_op(id, r),
+        _pad: 0,
+    }
+}
+
+/// `sys_enter` is attached only when `sched_switch` cannot create wait slots itself (raw
+/// tracepoints, no BTF) or the exit code cannot be read from `task_struct`: it then opens the
+/// wait slots and reports `exit`/`exit_group` calls.
+#[inline(always)]
+fn on_enter<R: Regs>(r: R, id: u32) {
+    match id {
         nr::EXIT | nr::EXIT_GROUP => {
             let (tgid, tid) = pid_tgid();
             if !traced(tgid) {
@@ -133,57 +168,56 @@ fn on_enter<R: Regs>(r: R, id: u32) {
                 group: (id == nr::EXIT_GROUP) as u32,
             });
         }
+        _ if can_park(id, r) => {
+            let (tgid, tid) = pid_tgid();
+            if !traced(tgid) {
+                return;
+            }
+            // With the sched_switch hook, the start is stamped when the thread first sleeps.
+            let start = if switch_hooked() { 0 } else { now_ns() };
+            if !put_wait(&wait_slot_for(id, r, tgid, tid, start)) {
+                bump(Stat::WaitMapFull);
+            }
+        }
         _ => {}
     }
 }
 
+/// The end of a call that can park: a park of at least `MIN_WAIT_NS` is streamed, anything
+/// shorter counted. A call that never slept has no slot (or an unstamped one): it costs no
+/// clock read unless every wait is streamed (`--min-wait-ms 0`).
 #[inline(always)]
-fn begin_wait(id: u32, uaddr: u64, op: u32) {
-    let (tgid, tid) = pid_tgid();
-    if !traced(tgid) {
-        return;
-    }
-    let state = WaitSlot {
-        // With the sched_switch hook, the start is stamped when the thread first sleeps.
-        start_ns: if switch_hooked() { 0 } else { now_ns() },
-        uaddr,
-        tid,
-        tgid,
-        syscall: id as u16,
-        op: op as u16,
-        _pad: 0,
+fn end_wait<R: Regs>(id: u32, r: R, ret: i64) {
+    let futex = id == nr::FUTEX || id == nr::FUTEX_WAIT || id == nr::FUTEX_WAITV;
+    let (kind, short) = if futex {
+        (EventKind::FutexWait, Stat::FutexShortWaits)
+    } else {
+        (EventKind::PollWait, Stat::PollShortWaits)
     };
-    if !put_wait(&state) {
-        bump(Stat::WaitMapFull);
-    }
-}
-
-#[inline(always)]
-fn end_wait(kind: EventKind, short: Stat, ret: i64) {
     let (tgid, tid) = pid_tgid();
-    let Some(state) = take_wait(tid) else {
-        return;
+    let slot = take_wait(tid);
+    let start = match &slot {
+        Some(s) => s.start_ns,
+        None => 0,
     };
     let min_wait = min_wait_ns();
-    // Never slept in the call (start 0): short, and no clock read unless every wait is
-    // streamed (`--min-wait-ms 0`).
-    if state.start_ns == 0 && min_wait > 0 {
+    if start == 0 && min_wait > 0 {
         bump(short);
         return;
     }
     let now = now_ns();
-    let start = if state.start_ns == 0 {
-        now
-    } else {
-        state.start_ns
-    };
-    if now.saturating_sub(start) < min_wait {
+    if start != 0 && now.saturating_sub(start) < min_wait {
         bump(short);
         return;
     }
+    let state = match slot {
+        Some(s) => s,
+        None if traced(tgid) => wait_slot_for(id, r, tgid, tid, now),
+        None => return,
+    };
     emit(&WaitEvent {
         hdr: header(kind, now, tgid, tid),
-        start_ns: start,
+        start_ns: if start == 0 { now } else { start },
         uaddr: state.uaddr,
         ret,
         syscall: state.syscall as u32,
@@ -195,22 +229,11 @@ fn end_wait(kind: EventKind, short: Stat, ret: i64) {
 fn on_exit<R: Regs>(r: R, ret: i64) {
     let id = r.word(ORIG_AX) as u32;
     match id {
-        // Wakes never took a slot: skip the lookup for them.
-        nr::FUTEX if futex_op_waits(r.word(SI) as u32 & !FUTEX_FLAGS) => {
-            end_wait(EventKind::FutexWait, Stat::FutexShortWaits, ret)
-        }
-        nr::FUTEX_WAIT | nr::FUTEX_WAITV => {
-            end_wait(EventKind::FutexWait, Stat::FutexShortWaits, ret)
-        }
-        // A zero-timeout poll/epoll_wait never took a slot.
-        _ if zero_int_timeout(id, r) => {}
-        nr::POLL
-        | nr::PPOLL
-        | nr::SELECT
-        | nr::PSELECT6
-        | nr::EPOLL_WAIT
-        | nr::EPOLL_PWAIT
-        | nr::EPOLL_PWAIT2 => end_wait(EventKind::PollWait, Stat::PollShortWaits, ret),
+        nr::FUTEX_WAKE => bump(Stat::FutexWakes),
+        nr::FUTEX if !can_park(id, r) => bump(Stat::FutexWakes),
+        // A zero-timeout poll/epoll_wait never parks and never has a slot.
+        _ if zero_int_timeout(id, r) => bump(Stat::PollNonBlocking),
+        _ if can_park(id, r) => end_wait(id, r, ret),
         nr::MMAP | nr::MUNMAP | nr::MREMAP | nr::BRK => on_mem_exit(id, r, ret),
         _ => {}
     }

@@ -56,6 +56,52 @@ fn park(n: usize, ms: u64) {
     }
 }
 
+/// One thread parks on a futex; a helper process stops this process (SIGSTOP) while it is
+/// parked and continues it (SIGCONT) `stop_ms` later; the thread is woken `after_ms` after
+/// that. The stop interrupts the wait (it returns and is restarted after SIGCONT): two parks
+/// of about `park_ms` and `after_ms`, and the stopped time in neither.
+fn stopped_park(park_ms: u64, stop_ms: u64, after_ms: u64) {
+    let word = Arc::new(AtomicU32::new(0));
+    let parked = Arc::new(AtomicU32::new(0));
+    let handle = {
+        let (word, parked) = (word.clone(), parked.clone());
+        std::thread::spawn(move || {
+            parked.store(1, Ordering::SeqCst);
+            while word.load(Ordering::SeqCst) == 0 {
+                futex(&word, libc::FUTEX_WAIT, 0);
+            }
+        })
+    };
+    while parked.load(Ordering::SeqCst) == 0 {
+        std::thread::yield_now();
+    }
+    let start = Instant::now();
+    let me = std::process::id() as i32;
+    // SAFETY: the child only sleeps, signals and exits (async-signal-safe calls).
+    let helper = unsafe { libc::fork() };
+    assert!(helper >= 0, "fork failed");
+    if helper == 0 {
+        std::thread::sleep(Duration::from_millis(park_ms));
+        // SAFETY: signalling the parent, then leaving without running its destructors.
+        unsafe {
+            libc::kill(me, libc::SIGSTOP);
+            libc::usleep((stop_ms * 1000) as u32);
+            libc::kill(me, libc::SIGCONT);
+            libc::_exit(0);
+        }
+    }
+    let total = Duration::from_millis(park_ms + stop_ms + after_ms);
+    // The sleep is itself stopped and restarted: sleep to a deadline.
+    while let Some(left) = total.checked_sub(start.elapsed()) {
+        std::thread::sleep(left);
+    }
+    word.store(1, Ordering::SeqCst);
+    futex(&word, libc::FUTEX_WAKE, 1);
+    handle.join().expect("thread");
+    // SAFETY: reaping our own child.
+    unsafe { libc::waitpid(helper, std::ptr::null_mut(), 0) };
+}
+
 /// The sizes `mmap` maps: distinct, so the test can find each one in the trace.
 pub fn mmap_size(i: usize) -> usize {
     (1 << 20) + i * (64 << 10)
@@ -293,6 +339,11 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("park") => park(arg(&args, 1, "threads"), arg(&args, 2, "ms")),
+        Some("stopped-park") => stopped_park(
+            arg(&args, 1, "park ms"),
+            arg(&args, 2, "stop ms"),
+            arg(&args, 3, "after ms"),
+        ),
         Some("mmap") => mmaps(arg(&args, 1, "count")),
         Some("small-maps") => {
             small_maps(arg(&args, 1, "count"));
@@ -311,7 +362,7 @@ fn main() {
         Some("hold") => hold(arg(&args, 1, "threads")),
         _ => {
             eprintln!(
-                "usage: workload park N MS | mmap K | brk STEPS BYTES | poll N MS | \
+                "usage: workload park N MS | stopped-park PARK_MS STOP_MS AFTER_MS | mmap K | brk STEPS BYTES | poll N MS | \
                  children SPAWNS FORKS | oom CGROUP_DIR | bench LOOP ITERS | hold N"
             );
             std::process::exit(2);

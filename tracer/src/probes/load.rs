@@ -119,7 +119,12 @@ impl Probes {
 
         let mut status = Vec::new();
         let flush = load_flush(&mut ebpf);
-        attach_generic(&mut ebpf, &mut status, cfg.raw_syscall_hooks);
+        attach_generic(
+            &mut ebpf,
+            &mut status,
+            cfg.raw_syscall_hooks,
+            offsets.exit_code != 0,
+        );
         attach_tracepoints(&mut ebpf, &mut status);
         for s in &status {
             match &s.error {
@@ -296,65 +301,110 @@ impl TaskOffsets {
     }
 }
 
-/// The hooks that exist as a BTF tracepoint program and a raw tracepoint twin, with what is
-/// lost when neither attaches.
-const GENERIC_HOOKS: [(&str, &str); 3] = [
-    (
+/// How a generic hook got attached.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Form {
+    Btf,
+    Raw,
+}
+
+/// `sched_switch`, `sys_exit` and, when needed, `sys_enter`, as BTF tracepoints or as raw
+/// tracepoints where BTF ones do not load.
+///
+/// The BTF `sched_switch` program opens a thread's wait slot when it goes to sleep in a call
+/// that can park, and exit codes come from `task_struct`: then no `sys_enter` program runs at
+/// all, and every syscall on the host pays one hook instead of two. Otherwise `sys_enter`
+/// opens the slots (and reports `exit`/`exit_group`), and `sched_switch` (raw) stamps them.
+fn attach_generic(
+    ebpf: &mut Ebpf,
+    status: &mut Vec<ProbeStatus>,
+    raw_only: bool,
+    exit_code_known: bool,
+) {
+    let btf = if raw_only {
+        Err("raw tracepoints requested".to_owned())
+    } else {
+        Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}"))
+    };
+    let switch = attach_hook(
+        ebpf,
+        status,
+        &btf,
         "sched_switch",
         "park start times: waits are timed from their syscall entry instead",
-    ),
-    ("sys_enter", "futex, poll, mmap, brk, exit syscalls"),
-    ("sys_exit", "futex, poll, mmap, brk, exit syscalls"),
-];
+    );
+    if let Some(form) = switch {
+        hooked(ebpf, form);
+    }
+    attach_hook(
+        ebpf,
+        status,
+        &btf,
+        "sys_exit",
+        "futex, poll, mmap, brk syscalls",
+    );
+    if switch != Some(Form::Btf) || !exit_code_known {
+        attach_hook(
+            ebpf,
+            status,
+            &btf,
+            "sys_enter",
+            "futex and poll wait starts, exit calls",
+        );
+    }
+}
 
-/// `sched_switch`, `sys_enter` and `sys_exit` as BTF tracepoints, or as raw tracepoints when
-/// BTF ones do not load. Once `sched_switch` is attached, the kernel programs stamp park
-/// starts there (`SWITCH_HOOKED`).
-fn attach_generic(ebpf: &mut Ebpf, status: &mut Vec<ProbeStatus>, raw_only: bool) {
-    let btf = Btf::from_sys_fs();
-    for (hook, lost) in GENERIC_HOOKS {
-        let btf_err = match &btf {
-            _ if raw_only => "raw tracepoints requested".to_owned(),
-            Ok(btf) => match attach_btf(ebpf, &format!("{hook}_btf"), hook, btf) {
-                Ok(()) => {
-                    status.push(ok(format!("tp_btf/{hook}")));
-                    hooked(ebpf, hook);
-                    continue;
-                }
-                Err(e) => e,
-            },
-            Err(e) => format!("no kernel BTF: {e}"),
-        };
-        if !raw_only {
-            tracing::warn!(
-                "tp_btf/{hook} not usable ({btf_err}); using raw_tp/{hook}, which costs a \
-                 little more per call"
-            );
-        }
-        match attach_raw(ebpf, &format!("{hook}_raw"), hook) {
+/// Attaches `{hook}_btf`, or `{hook}_raw` when that fails; records the outcome.
+fn attach_hook(
+    ebpf: &mut Ebpf,
+    status: &mut Vec<ProbeStatus>,
+    btf: &Result<Btf, String>,
+    hook: &str,
+    lost: &str,
+) -> Option<Form> {
+    let btf_err = match btf {
+        Ok(btf) => match attach_btf(ebpf, &format!("{hook}_btf"), hook, btf) {
             Ok(()) => {
-                status.push(ok(format!("raw_tp/{hook}")));
-                hooked(ebpf, hook);
+                status.push(ok(format!("tp_btf/{hook}")));
+                return Some(Form::Btf);
             }
-            Err(e) => status.push(ProbeStatus {
+            Err(e) => {
+                tracing::warn!(
+                    "tp_btf/{hook} not usable ({e}); using raw_tp/{hook}, which costs a \
+                     little more per call"
+                );
+                e
+            }
+        },
+        Err(e) => e.clone(),
+    };
+    match attach_raw(ebpf, &format!("{hook}_raw"), hook) {
+        Ok(()) => {
+            status.push(ok(format!("raw_tp/{hook}")));
+            Some(Form::Raw)
+        }
+        Err(e) => {
+            status.push(ProbeStatus {
                 name: format!("{hook} ({lost})"),
                 attached: false,
                 error: Some(format!("tp_btf: {btf_err}; raw_tp: {e}")),
-            }),
+            });
+            None
         }
     }
 }
 
 /// Tells the kernel programs that `sched_switch` now stamps park starts.
-fn hooked(ebpf: &mut Ebpf, hook: &str) {
-    if hook != "sched_switch" {
-        return;
-    }
+fn hooked(ebpf: &mut Ebpf, form: Form) {
+    let value: u64 = match form {
+        Form::Btf => 2,
+        Form::Raw => 1,
+    };
     let res = ebpf
         .map_mut(m::SWITCH_HOOKED)
         .ok_or_else(|| "map missing".to_owned())
         .and_then(|map| Array::<_, u64>::try_from(map).map_err(|e| e.to_string()))
-        .and_then(|mut a| a.set(0, 1, 0).map_err(|e| e.to_string()));
+        .and_then(|mut a| a.set(0, value, 0).map_err(|e| e.to_string()));
     if let Err(e) = res {
         tracing::warn!(
             "setting {} failed ({e}): waits are timed from their syscall entry",
