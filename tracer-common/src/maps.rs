@@ -88,6 +88,9 @@ pub mod globals {
     pub const FILTER: &str = "FILTER";
     /// Offset of `task_struct.exit_code`, from BTF; 0 if unknown.
     pub const TASK_EXIT_CODE_OFF: &str = "TASK_EXIT_CODE_OFF";
+    /// Offset of `task_struct.pid`, from BTF; 0 if unknown (the BTF task hooks are then not
+    /// used).
+    pub const TASK_PID_OFF: &str = "TASK_PID_OFF";
 }
 
 /// A thread in a call that can block: the value of `WAIT_SLOTS` and `WAITING`. `tid` is 0 in a

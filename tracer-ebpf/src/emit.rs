@@ -60,7 +60,9 @@ static SELF_TGID: u32 = 0;
 #[unsafe(no_mangle)]
 static FILTER: u32 = 0;
 #[unsafe(no_mangle)]
-static TASK_EXIT_CODE_OFF: u64 = 0;
+pub static TASK_EXIT_CODE_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+pub static TASK_PID_OFF: u64 = 0;
 
 /// The current task's `exit_code`, or -1 when the offset is unknown.
 #[inline(always)]

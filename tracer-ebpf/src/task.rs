@@ -1,23 +1,28 @@
 //! Task lifecycle: creation (`task/task_newtask`), exit (`sched/sched_process_exit`) and exec
-//! (`sched/sched_process_exec`). Classic tracepoints: these fire at process/thread rate, not
-//! syscall rate, and their fields are a stable, documented record.
+//! (`sched/sched_process_exec`).
 //!
-//! Field offsets are those of `/sys/kernel/tracing/events/<cat>/<name>/format`; the collector
-//! checks them against the running kernel before loading (see `tracer::probes::formats`).
+//! Creation and exit fire twice per thread, so they run as BTF tracepoints where the kernel
+//! has BTF: no classic record is built, and the task's fields are loaded directly (offsets
+//! from BTF). The classic programs are the fallback, and exec (process rate) stays classic.
+//! Classic field offsets are those of `/sys/kernel/tracing/events/<cat>/<name>/format`; the
+//! collector checks them against the running kernel before loading (see
+//! `tracer::probes::formats`).
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_current_comm, bpf_probe_read_kernel_str_bytes},
-    macros::tracepoint,
-    programs::TracePointContext,
+    cty::c_void,
+    helpers::{bpf_probe_read_kernel_str_bytes, generated::bpf_get_current_comm},
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use tracer_common::{
-    CLONE_THREAD, EventKind, ExecEvent, NewTaskEvent, TaskExitEvent, maps::Stat, tracepoints::*,
+    CLONE_THREAD, COMM_LEN, EventKind, ExecEvent, NewTaskEvent, TaskExitEvent, maps::Stat,
+    tracepoints::*,
 };
 
 use crate::emit::{
-    EXEC_PENDING, TRACED, bump, current_exit_code, emit, filtering, header, now_ns, pid_tgid,
-    reserve, submit, take_wait, traced,
+    EXEC_PENDING, TASK_EXIT_CODE_OFF, TASK_PID_OFF, TRACED, bump, current_exit_code, filtering,
+    header, now_ns, pid_tgid, reserve, submit, take_wait, traced,
 };
 
 /// Reads a field of a classic tracepoint record. The verifier allows direct loads from the
@@ -29,13 +34,29 @@ pub fn field<T: Copy>(ctx: &TracePointContext, off: usize) -> T {
 
 #[tracepoint(category = "task", name = "task_newtask")]
 pub fn task_newtask(ctx: TracePointContext) -> u32 {
+    let child_tid: i32 = field(&ctx, NEWTASK_PID);
+    new_task(child_tid as u32, field(&ctx, NEWTASK_CLONE_FLAGS));
+    0
+}
+
+/// `task_newtask(struct task_struct *task, u64 clone_flags)` without the classic
+/// tracepoint's record: the child's pid is loaded from the task (offset from BTF).
+#[btf_tracepoint(function = "task_newtask")]
+pub fn task_newtask_btf(ctx: BtfTracePointContext) -> i32 {
+    let task: *const u8 = ctx.arg(0);
+    let clone_flags: u64 = ctx.arg(1);
+    let off = unsafe { core::ptr::read_volatile(&TASK_PID_OFF) } as usize;
+    let child_tid = unsafe { core::ptr::read_volatile(task.add(off) as *const i32) };
+    new_task(child_tid as u32, clone_flags);
+    0
+}
+
+#[inline(always)]
+fn new_task(child_tid: u32, clone_flags: u64) {
     let (tgid, tid) = pid_tgid();
     if !traced(tgid) {
-        return 0;
+        return;
     }
-    let child_tid: i32 = field(&ctx, NEWTASK_PID);
-    let clone_flags: u64 = field(&ctx, NEWTASK_CLONE_FLAGS);
-    let child_tid = child_tid as u32;
     let child_tgid = if clone_flags & CLONE_THREAD != 0 {
         tgid
     } else {
@@ -44,40 +65,72 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
     if filtering() && child_tgid != tgid && TRACED.insert(child_tgid, 1, 0).is_err() {
         bump(Stat::FilterMapFull);
     }
-    emit(&NewTaskEvent {
-        hdr: header(EventKind::NewTask, now_ns(), tgid, tid),
-        clone_flags,
-        child_tid,
-        child_tgid,
+    let Some(mut entry) = reserve::<NewTaskEvent>() else {
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    unsafe {
+        (*ev).hdr = header(EventKind::NewTask, now_ns(), tgid, tid);
+        (*ev).clone_flags = clone_flags;
+        (*ev).child_tid = child_tid;
+        (*ev).child_tgid = child_tgid;
         // task_newtask fires before the child runs: its comm is still the creator's.
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-    });
-    0
+        current_comm(&mut (*ev).comm);
+    }
+    submit(entry);
+}
+
+/// The current task's comm, written in place (NUL-padded by the helper, zeroed on error):
+/// no stack copy, no byte-wise zeroing.
+#[inline(always)]
+fn current_comm(dst: &mut [u8; COMM_LEN]) {
+    unsafe { bpf_get_current_comm(dst.as_mut_ptr() as *mut c_void, COMM_LEN as u32) };
 }
 
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    let group_dead: u8 = field(&ctx, EXIT_GROUP_DEAD);
+    task_exit(group_dead != 0, current_exit_code());
+    0
+}
+
+/// `sched_process_exit(struct task_struct *p, bool group_dead)`, `p` being the current
+/// task: its exit code is loaded directly (offset from BTF), no probe read.
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit_btf(ctx: BtfTracePointContext) -> i32 {
+    let task: *const u8 = ctx.arg(0);
+    let group_dead: u64 = ctx.arg(1);
+    let off = unsafe { core::ptr::read_volatile(&TASK_EXIT_CODE_OFF) } as usize;
+    let code = unsafe { core::ptr::read_volatile(task.add(off) as *const i32) };
+    task_exit(group_dead as u8 != 0, code);
+    0
+}
+
+#[inline(always)]
+fn task_exit(group_dead: bool, exit_code: i32) {
     let (tgid, tid) = pid_tgid();
     // A thread killed while blocked may never run its syscall exit: drop its state here so
     // WAITING cannot fill with the dead.
     let _ = take_wait(tid);
     if !traced(tgid) {
-        return 0;
+        return;
     }
-    let group_dead: u8 = field(&ctx, EXIT_GROUP_DEAD);
-    if group_dead != 0 {
+    if group_dead {
         crate::batch::flush_tgid(tgid);
     }
-    emit(&TaskExitEvent {
-        hdr: header(EventKind::TaskExit, now_ns(), tgid, tid),
-        group_dead: group_dead as u32,
-        exit_code: current_exit_code(),
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-    });
-    if group_dead != 0 && filtering() {
+    if let Some(mut entry) = reserve::<TaskExitEvent>() {
+        let ev = entry.as_mut_ptr();
+        unsafe {
+            (*ev).hdr = header(EventKind::TaskExit, now_ns(), tgid, tid);
+            (*ev).group_dead = group_dead as u32;
+            (*ev).exit_code = exit_code;
+            current_comm(&mut (*ev).comm);
+        }
+        submit(entry);
+    }
+    if group_dead && filtering() {
         let _ = TRACED.remove(tgid);
     }
-    0
 }
 
 #[tracepoint(category = "sched", name = "sched_process_exec")]
@@ -99,7 +152,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         (*ev).hdr = header(EventKind::Exec, now_ns(), tgid, tid);
         (*ev).old_tid = old_pid as u32;
         (*ev)._pad = 0;
-        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        current_comm(&mut (*ev).comm);
         (*ev).filename = [0; tracer_common::FILENAME_LEN];
         let src = (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize);
         let _ = bpf_probe_read_kernel_str_bytes(src, &mut (*ev).filename);

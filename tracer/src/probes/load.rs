@@ -113,6 +113,7 @@ impl Probes {
             .override_global(globals::SELF_TGID, &self_tgid, true)
             .override_global(globals::FILTER, &filter, true)
             .override_global(globals::TASK_EXIT_CODE_OFF, &offsets.exit_code, true)
+            .override_global(globals::TASK_PID_OFF, &offsets.pid, true)
             .map_max_entries(m::EVENTS, cfg.ring_bytes)
             .load(OBJECT)
             .map_err(LoadError::Bpf)?;
@@ -125,7 +126,7 @@ impl Probes {
             cfg.raw_syscall_hooks,
             offsets.exit_code != 0,
         );
-        attach_tracepoints(&mut ebpf, &mut status);
+        attach_tracepoints(&mut ebpf, &mut status, &offsets, cfg.raw_syscall_hooks);
         for s in &status {
             match &s.error {
                 None => tracing::debug!(probe = %s.name, "attached"),
@@ -283,6 +284,7 @@ fn test_run_on_cpu(prog_fd: RawFd, cpu: u32) -> std::io::Result<()> {
 /// `task_struct` field offsets the kernel programs use; 0 disables what needs them.
 struct TaskOffsets {
     exit_code: u64,
+    pid: u64,
 }
 
 impl TaskOffsets {
@@ -292,11 +294,15 @@ impl TaskOffsets {
                 "no kernel BTF at /sys/kernel/btf/vmlinux: the signal that killed a process \
                  is unknown (deaths by signal are still told apart from exits)"
             );
-            return Self { exit_code: 0 };
+            return Self {
+                exit_code: 0,
+                pid: 0,
+            };
         };
         let off = |f| btf.member_offset("task_struct", f).map(u64::from);
         Self {
             exit_code: off("exit_code").unwrap_or(0),
+            pid: off("pid").unwrap_or(0),
         }
     }
 }
@@ -435,17 +441,56 @@ fn attach_raw(ebpf: &mut Ebpf, prog: &str, hook: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn attach_tracepoints(ebpf: &mut Ebpf, status: &mut Vec<ProbeStatus>) {
+/// The classic tracepoints; task creation and exit as BTF tracepoints first, where the kernel
+/// has BTF and the `task_struct` offsets they load are known.
+fn attach_tracepoints(
+    ebpf: &mut Ebpf,
+    status: &mut Vec<ProbeStatus>,
+    offsets: &TaskOffsets,
+    raw_only: bool,
+) {
+    let btf = if raw_only {
+        None
+    } else {
+        Btf::from_sys_fs().ok()
+    };
+    let mut done: Vec<&str> = Vec::new();
+    if let Some(btf) = &btf {
+        for (hook, known) in [
+            ("task_newtask", offsets.pid != 0),
+            ("sched_process_exit", offsets.exit_code != 0),
+        ] {
+            if !known {
+                continue;
+            }
+            match attach_btf(ebpf, &format!("{hook}_btf"), hook, btf) {
+                Ok(()) => {
+                    status.push(ok(format!("tp_btf/{hook}")));
+                    done.push(hook);
+                }
+                Err(e) => tracing::warn!(
+                    "tp_btf/{hook} not usable ({e}); using the classic tracepoint, which \
+                     costs a little more per thread"
+                ),
+            }
+        }
+    }
     let dir = match tracefs::ensure_tracefs() {
         Ok(d) => d,
         Err(e) => {
-            for tp in tracepoints::ALL {
+            for tp in tracepoints::ALL
+                .iter()
+                .filter(|tp| !done.contains(&tp.name))
+            {
                 status.push(failed(tp_name(tp), e.clone()));
             }
             return;
         }
     };
-    for tp in tracepoints::ALL {
+    for tp in tracepoints::ALL
+        .iter()
+        .filter(|tp| !done.contains(&tp.name))
+    {
         let res = formats::check(dir, tp).and_then(|()| {
             let p: &mut TracePoint = ebpf
                 .program_mut(tp.program)
