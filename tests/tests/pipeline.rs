@@ -47,6 +47,18 @@ fn futex_parks_and_thread_lifecycle() {
     assert_eq!(tids.len(), 4);
     assert_eq!(p.exit_code, Some(0));
     assert!(!p.killed);
+    // With BTF every per-thread hook is a BTF tracepoint, and no sys_enter program runs:
+    // sched_switch opens the wait slots, and exit codes come from the task.
+    let names: Vec<&str> = t.report.probes.iter().map(|p| p.name.as_str()).collect();
+    for hook in [
+        "tp_btf/sched_switch",
+        "tp_btf/sys_exit",
+        "tp_btf/task_newtask",
+        "tp_btf/sched_process_exit",
+    ] {
+        assert!(names.contains(&hook), "{hook} missing: {names:?}");
+    }
+    assert!(!names.iter().any(|n| n.contains("sys_enter")), "{names:?}");
 }
 
 #[test]
@@ -87,10 +99,15 @@ fn raw_tracepoint_syscall_hooks_see_the_same() {
     );
     assert_eq!(t.status, 0, "{}", t.stderr());
     let names: Vec<&str> = t.report.probes.iter().map(|p| p.name.as_str()).collect();
-    assert!(
-        names.contains(&"raw_tp/sys_enter") && names.contains(&"raw_tp/sys_exit"),
-        "{names:?}"
-    );
+    for hook in [
+        "raw_tp/sys_enter",
+        "raw_tp/sys_exit",
+        "raw_tp/sched_switch",
+        "tracepoint/task/task_newtask",
+        "tracepoint/sched/sched_process_exit",
+    ] {
+        assert!(names.contains(&hook), "{hook} missing: {names:?}");
+    }
     let p = t.workload_proc();
     assert_eq!((p.threads_created, p.futex_parked_peak), (3, 3));
     let parks = t
