@@ -14,11 +14,12 @@ pub const WAKEUP_THRESHOLD_BYTES: u64 = 256 << 10;
 
 /// Threads blocked in a futex wait or a poll-family call right now: a direct-mapped table of
 /// [`WaitSlot`]s indexed by `tid & (WAIT_SLOTS_LEN - 1)`. An array slot costs a few ns where a
-/// hash insert + lookup + delete costs hundreds (shared/perf-floor.md), so every call that
-/// can block gets one, whatever its timeout, and is classified at exit by its duration: no
-/// user-memory read of the timeout is needed (that read alone costs ~190 ns here).
-/// The array is mmapable: the collector reads it in place, without a syscall per entry.
-/// A slot is taken at syscall entry and freed at its exit or at task exit.
+/// hash insert + lookup + delete costs hundreds (shared/perf-floor.md). A slot is taken when
+/// the thread goes to sleep inside such a call (BTF `sched_switch`; without BTF, at syscall
+/// entry, stamped at the sleep) and freed at the call's exit or at task exit; the call is
+/// classified at exit by how long it was parked: no user-memory read of the timeout is
+/// needed (that read alone costs ~190 ns here). The array is mmapable: the collector reads
+/// it in place, without a syscall per entry.
 pub const WAIT_SLOTS: &str = "WAIT_SLOTS";
 pub const WAIT_SLOTS_LEN: u32 = 1 << 17;
 /// Overflow for the rare thread whose slot is held by another blocked thread (tids equal
@@ -28,11 +29,11 @@ pub const WAIT_SLOTS_LEN: u32 = 1 << 17;
 pub const WAITING: &str = "WAITING";
 pub const WAITING_MAX: u32 = 16_384;
 
-/// One `u64`, set to 1 by the collector once the `sched_switch` hook is attached. From then
-/// on a wait's `start_ns` is written when its thread first goes to sleep in the call, and
-/// stays 0 in a call that never sleeps (a zero-timeout poll, a futex wait on a changed word):
-/// such calls cost no clock read, the largest part of a traced call's cost here. Before (or
-/// without the hook) `start_ns` is the syscall entry time.
+/// One `u64`, set by the collector once the `sched_switch` hook is attached: 2 for the BTF
+/// program (it opens wait slots itself), 1 for the raw one (it stamps slots `sys_enter`
+/// opened). From then on a wait's `start_ns` is written when its thread first goes to sleep
+/// in the call; a call that never sleeps costs no clock read, the largest part of a traced
+/// call's cost here. Before (or without the hook) `start_ns` is the syscall entry time.
 pub const SWITCH_HOOKED: &str = "SWITCH_HOOKED";
 
 /// Per-CPU direct-mapped cache of the last RSS values emitted per mm, indexed by

@@ -35,8 +35,9 @@ struct TraceArgs {
     /// absorbs longer bursts; it counts twice towards the collector's RSS.
     #[arg(long, default_value_t = 8192, value_name = "KIB")]
     ring_kib: u32,
-    /// How to hook syscalls: BTF tracepoints with a raw-tracepoint fallback (auto), or raw
-    /// tracepoints only (for kernels whose BTF tracepoints misbehave).
+    /// How to hook syscalls, context switches and thread creation/exit: BTF tracepoints with a
+    /// raw/classic-tracepoint fallback (auto), or raw and classic tracepoints only (for
+    /// kernels whose BTF tracepoints misbehave).
     #[arg(long, value_enum, default_value_t = Hooks::Auto)]
     syscall_hooks: Hooks,
 }
