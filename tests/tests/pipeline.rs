@@ -47,7 +47,8 @@ fn futex_parks_and_thread_lifecycle() {
     assert_eq!(tids.len(), 4);
     assert_eq!(p.exit_code, Some(0));
     assert!(!p.killed);
-    // With BTF every per-thread hook is a BTF tracepoint, and no sys_enter program runs:
+    // With BTF every per-thread or per-fault hook is a BTF tracepoint, and no sys_enter
+    // program runs:
     // sched_switch opens the wait slots, and exit codes come from the task.
     let names: Vec<&str> = t.report.probes.iter().map(|p| p.name.as_str()).collect();
     for hook in [
@@ -55,6 +56,7 @@ fn futex_parks_and_thread_lifecycle() {
         "tp_btf/sys_exit",
         "tp_btf/task_newtask",
         "tp_btf/sched_process_exit",
+        "tp_btf/rss_stat",
     ] {
         assert!(names.contains(&hook), "{hook} missing: {names:?}");
     }
@@ -105,6 +107,7 @@ fn raw_tracepoint_syscall_hooks_see_the_same() {
         "raw_tp/sched_switch",
         "tracepoint/task/task_newtask",
         "tracepoint/sched/sched_process_exit",
+        "tracepoint/kmem/rss_stat",
     ] {
         assert!(names.contains(&hook), "{hook} missing: {names:?}");
     }
@@ -116,6 +119,7 @@ fn raw_tracepoint_syscall_hooks_see_the_same() {
         .count();
     assert_eq!(parks, 3);
     assert!(p.mmap_calls > 0, "mmap exits decoded through the raw hook");
+    assert!(p.rss_peak_bytes > 0, "RSS through the classic rss_stat");
 }
 
 #[test]

@@ -92,6 +92,13 @@ pub mod globals {
     /// Offset of `task_struct.pid`, from BTF; 0 if unknown (the BTF task hooks are then not
     /// used).
     pub const TASK_PID_OFF: &str = "TASK_PID_OFF";
+    /// `task_struct.mm`, `mm_struct.rss_stat`, `sizeof(struct percpu_counter)` and
+    /// `percpu_counter.count`, from BTF, for the BTF `rss_stat` program (not used unless all
+    /// are known).
+    pub const TASK_MM_OFF: &str = "TASK_MM_OFF";
+    pub const MM_RSS_STAT_OFF: &str = "MM_RSS_STAT_OFF";
+    pub const PCPU_COUNTER_SIZE: &str = "PCPU_COUNTER_SIZE";
+    pub const PCPU_COUNT_OFF: &str = "PCPU_COUNT_OFF";
 }
 
 /// A thread in a call that can block: the value of `WAIT_SLOTS` and `WAITING`. `tid` is 0 in a

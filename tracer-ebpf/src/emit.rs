@@ -63,6 +63,14 @@ static FILTER: u32 = 0;
 pub static TASK_EXIT_CODE_OFF: u64 = 0;
 #[unsafe(no_mangle)]
 pub static TASK_PID_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+pub static TASK_MM_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+pub static MM_RSS_STAT_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+pub static PCPU_COUNTER_SIZE: u64 = 0;
+#[unsafe(no_mangle)]
+pub static PCPU_COUNT_OFF: u64 = 0;
 
 /// The current task's `exit_code`, or -1 when the offset is unknown.
 #[inline(always)]

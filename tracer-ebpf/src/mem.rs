@@ -1,6 +1,14 @@
 //! Memory beyond the syscalls: RSS (`kmem/rss_stat`) and OOM kills (`oom/mark_victim`).
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+/// x86_64 pages are 4 KiB.
+const PAGE_SHIFT: i64 = 12;
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{bpf_probe_read_kernel, generated::bpf_get_current_task_btf},
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
 use tracer_common::{
     EventKind, OomEvent, RSS_MEMBERS, RssEvent,
     maps::{RSS_LAST_LEN, RssLast, Stat},
@@ -8,7 +16,10 @@ use tracer_common::{
 };
 
 use crate::{
-    emit::{RSS_LAST, bump, emit, filtering, header, now_ns, pid_tgid, rss_granule, traced},
+    emit::{
+        MM_RSS_STAT_OFF, PCPU_COUNT_OFF, PCPU_COUNTER_SIZE, RSS_LAST, TASK_MM_OFF, bump, emit,
+        filtering, header, now_ns, pid_tgid, rss_granule, traced,
+    },
     task::field,
 };
 
@@ -16,48 +27,95 @@ use crate::{
 /// `RSS_GRANULE` since the last event for that mm and counter are streamed.
 #[tracepoint(category = "kmem", name = "rss_stat")]
 pub fn rss_stat(ctx: TracePointContext) -> u32 {
-    let (tgid, tid) = pid_tgid();
     let curr: u32 = field(&ctx, RSS_CURR);
-    // Not the current task's mm (reclaim, exit teardown): with a filter there is no way to
-    // tell whose it is in the kernel, so leave it out.
-    if curr == 0 && filtering() {
-        return 0;
-    }
-    if curr != 0 && !traced(tgid) {
-        return 0;
-    }
     let member: i32 = field(&ctx, RSS_MEMBER);
+    rss_update(
+        curr != 0,
+        member,
+        field(&ctx, RSS_MM_ID),
+        field(&ctx, RSS_SIZE),
+    );
+    0
+}
+
+/// `rss_stat(struct mm_struct *mm, int member)` without the classic record (which hashes the
+/// mm pointer with siphash and copies fields): the counter is read from the mm, whether it is
+/// the current task's from the task (offsets from BTF).
+#[btf_tracepoint(function = "rss_stat")]
+pub fn rss_stat_btf(ctx: BtfTracePointContext) -> i32 {
+    let mm: *const u8 = ctx.arg(0);
+    let member: u64 = ctx.arg(1);
+    let member = member as i32;
     if member < 0 || member as usize >= RSS_MEMBERS {
         return 0;
     }
-    let member = member as usize;
-    let mm_id: u32 = field(&ctx, RSS_MM_ID);
-    let size: i64 = field(&ctx, RSS_SIZE);
+    let g = |v: &u64| unsafe { core::ptr::read_volatile(v) };
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    let task_mm =
+        unsafe { core::ptr::read_volatile(task.add(g(&TASK_MM_OFF) as usize) as *const u64) };
+    let mm_addr = mm as u64;
+    // &mm->rss_stat[member].count, read like get_mm_counter() (the approximate sum).
+    let at =
+        mm_addr + g(&MM_RSS_STAT_OFF) + member as u64 * g(&PCPU_COUNTER_SIZE) + g(&PCPU_COUNT_OFF);
+    let count: i64 = unsafe { bpf_probe_read_kernel(at as *const i64) }.unwrap_or(0);
+    // A stable 32-bit id per mm (the classic record's is a keyed hash of the pointer). The
+    // verifier allows no arithmetic on the typed pointer: read its value as a number.
+    let raw: u64 = unsafe { bpf_probe_read_kernel(ctx.as_ptr() as *const u64) }.unwrap_or(0);
+    let mm_id = (raw.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32;
+    rss_update(
+        task_mm == mm_addr,
+        member,
+        mm_id,
+        count.max(0) << PAGE_SHIFT,
+    );
+    0
+}
+
+#[inline(always)]
+fn rss_update(curr: bool, member: i32, mm_id: u32, size: i64) {
+    let (tgid, tid) = pid_tgid();
+    // Not the current task's mm (reclaim, exit teardown): with a filter there is no way to
+    // tell whose it is in the kernel, so leave it out.
+    if !curr && filtering() {
+        return;
+    }
+    if curr && !traced(tgid) {
+        return;
+    }
+    // As u32: a negative member becomes huge and is refused with the rest.
+    let member = member as u32 as usize;
+    if member >= RSS_MEMBERS {
+        return;
+    }
+    // The verifier must see the index bounded where it is used: a volatile read keeps the
+    // compiler from indexing with an earlier, unbounded copy of `member`.
+    let member = unsafe { core::ptr::read_volatile(&member) } & (RSS_MEMBERS - 1);
     let Some(last) = RSS_LAST.get_ptr_mut(mm_id & (RSS_LAST_LEN - 1)) else {
-        return 0;
+        return;
     };
     unsafe {
-        if (*last).mm_id == mm_id {
-            let prev = (*last).size[member];
-            if (size - prev).abs() < rss_granule() && size != 0 {
-                bump(Stat::RssFiltered);
-                return 0;
-            }
-        } else {
+        if (*last).mm_id != mm_id {
             *last = RssLast::default();
             (*last).mm_id = mm_id;
+        } else if let Some(&prev) = (*last).size.get(member)
+            && (size - prev).abs() < rss_granule()
+            && size != 0
+        {
+            bump(Stat::RssFiltered);
+            return;
         }
-        (*last).size[member] = size;
+        if let Some(slot) = (*last).size.get_mut(member) {
+            *slot = size;
+        }
     }
     emit(&RssEvent {
         hdr: header(EventKind::Rss, now_ns(), tgid, tid),
         size,
         mm_id,
         member: member as u32,
-        curr,
+        curr: curr as u32,
         _pad: 0,
     });
-    0
 }
 
 #[tracepoint(category = "oom", name = "mark_victim")]

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 
 const BTF_MAGIC: u16 = 0xeb9f;
+const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 
@@ -21,7 +22,8 @@ struct Type {
     kind: u32,
     name_off: u32,
     members: Vec<Member>,
-    /// For modifiers/typedefs: the referenced type.
+    /// For structs and unions: the size in bytes; for arrays: the element type; for
+    /// modifiers/typedefs: the referenced type.
     ref_type: u32,
 }
 
@@ -90,11 +92,16 @@ impl KernelBtf {
                 _ => 0,          // PTR, FWD, TYPEDEF, modifiers, FUNC, FLOAT, TYPE_TAG
             };
             o += extra;
+            let ref_type = if kind == KIND_ARRAY {
+                u32_at(o - extra)?
+            } else {
+                size_or_type
+            };
             types.push(Type {
                 kind,
                 name_off,
                 members,
-                ref_type: size_or_type,
+                ref_type,
             });
         }
         let mut btf = KernelBtf {
@@ -117,19 +124,42 @@ impl KernelBtf {
         std::str::from_utf8(&s[..end]).unwrap_or("")
     }
 
+    /// Size in bytes of `struct name`.
+    pub fn struct_size(&self, name: &str) -> Option<u32> {
+        let id = *self.by_name.get(name)?;
+        Some(self.types.get(id)?.ref_type)
+    }
+
     /// Byte offset of `field` in `struct name`, looking through anonymous struct/union members.
     pub fn member_offset(&self, name: &str, field: &str) -> Option<u32> {
+        self.member(name, field).map(|(off, _)| off)
+    }
+
+    /// Byte offset of `field` in `struct name` if that field is an array of `struct elem`.
+    pub fn array_member_offset(&self, name: &str, field: &str, elem: &str) -> Option<u32> {
+        let (off, type_id) = self.member(name, field)?;
+        let array = self.types.get(self.strip(type_id))?;
+        if array.kind != KIND_ARRAY {
+            return None;
+        }
+        let e = self.types.get(self.strip(array.ref_type as usize))?;
+        (e.kind == KIND_STRUCT && self.str_at(e.name_off) == elem).then_some(off)
+    }
+
+    fn member(&self, name: &str, field: &str) -> Option<(u32, usize)> {
         let id = *self.by_name.get(name)?;
         self.find(id, field, 0)
     }
 
-    fn find(&self, id: usize, field: &str, base_bits: u32) -> Option<u32> {
+    fn find(&self, id: usize, field: &str, base_bits: u32) -> Option<(u32, usize)> {
         let t = self.types.get(id)?;
         for m in &t.members {
             let bits = base_bits + m.bit_offset;
             if m.name_off != 0 {
                 if self.str_at(m.name_off) == field {
-                    return bits.is_multiple_of(8).then_some(bits / 8);
+                    return bits
+                        .is_multiple_of(8)
+                        .then_some((bits / 8, m.type_id as usize));
                 }
                 continue;
             }
@@ -137,9 +167,9 @@ impl KernelBtf {
             if matches!(
                 self.types.get(inner).map(|t| t.kind),
                 Some(KIND_STRUCT | KIND_UNION)
-            ) && let Some(off) = self.find(inner, field, bits)
+            ) && let Some(found) = self.find(inner, field, bits)
             {
-                return Some(off);
+                return Some(found);
             }
         }
         None
@@ -172,6 +202,25 @@ mod tests {
             .expect("exit_code");
         assert!(exit_code > 0 && exit_code < 16384);
         assert_eq!(btf.member_offset("task_struct", "no_such_field"), None);
+        // struct percpu_counter { raw_spinlock_t lock; s64 count; ... }: at least 16 bytes.
+        let size = btf.struct_size("percpu_counter").expect("percpu_counter");
+        let count = btf.member_offset("percpu_counter", "count").expect("count");
+        assert!(
+            count >= 4 && count + 8 <= size,
+            "count at {count} of {size}"
+        );
+        let rss = btf
+            .member_offset("mm_struct", "rss_stat")
+            .expect("rss_stat");
+        assert_eq!(
+            btf.array_member_offset("mm_struct", "rss_stat", "percpu_counter"),
+            Some(rss)
+        );
+        assert_eq!(
+            btf.array_member_offset("mm_struct", "rss_stat", "task_struct"),
+            None
+        );
+        assert_eq!(btf.array_member_offset("task_struct", "pid", "x"), None);
         assert_eq!(btf.member_offset("no_such_struct", "x"), None);
     }
 

@@ -106,7 +106,7 @@ impl Probes {
         require_root()?;
         let self_tgid = std::process::id();
         let filter = cfg.filter as u32;
-        let offsets = TaskOffsets::from_btf();
+        let offsets = KernelOffsets::from_btf();
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::MIN_WAIT_NS, &cfg.min_wait_ns, true)
             .override_global(globals::RSS_GRANULE, &cfg.rss_granule, true)
@@ -114,6 +114,10 @@ impl Probes {
             .override_global(globals::FILTER, &filter, true)
             .override_global(globals::TASK_EXIT_CODE_OFF, &offsets.exit_code, true)
             .override_global(globals::TASK_PID_OFF, &offsets.pid, true)
+            .override_global(globals::TASK_MM_OFF, &offsets.task_mm, true)
+            .override_global(globals::MM_RSS_STAT_OFF, &offsets.mm_rss_stat, true)
+            .override_global(globals::PCPU_COUNTER_SIZE, &offsets.pcpu_counter_size, true)
+            .override_global(globals::PCPU_COUNT_OFF, &offsets.pcpu_count, true)
             .map_max_entries(m::EVENTS, cfg.ring_bytes)
             .load(OBJECT)
             .map_err(LoadError::Bpf)?;
@@ -281,29 +285,48 @@ fn test_run_on_cpu(prog_fd: RawFd, cpu: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// `task_struct` field offsets the kernel programs use; 0 disables what needs them.
-struct TaskOffsets {
+/// Kernel struct layouts the kernel programs use (from BTF); 0 disables what needs them.
+#[derive(Default)]
+struct KernelOffsets {
     exit_code: u64,
     pid: u64,
+    task_mm: u64,
+    mm_rss_stat: u64,
+    pcpu_counter_size: u64,
+    pcpu_count: u64,
 }
 
-impl TaskOffsets {
+impl KernelOffsets {
     fn from_btf() -> Self {
         let Some(btf) = super::btf::KernelBtf::load() else {
             tracing::warn!(
                 "no kernel BTF at /sys/kernel/btf/vmlinux: the signal that killed a process \
                  is unknown (deaths by signal are still told apart from exits)"
             );
-            return Self {
-                exit_code: 0,
-                pid: 0,
-            };
+            return Self::default();
         };
         let off = |f| btf.member_offset("task_struct", f).map(u64::from);
         Self {
             exit_code: off("exit_code").unwrap_or(0),
             pid: off("pid").unwrap_or(0),
+            task_mm: off("mm").unwrap_or(0),
+            // An array of per-CPU counters since 6.2 (a struct of atomics before).
+            mm_rss_stat: btf
+                .array_member_offset("mm_struct", "rss_stat", "percpu_counter")
+                .map_or(0, u64::from),
+            pcpu_counter_size: btf.struct_size("percpu_counter").map_or(0, u64::from),
+            pcpu_count: btf
+                .member_offset("percpu_counter", "count")
+                .map_or(0, u64::from),
         }
+    }
+
+    /// Whether the BTF `rss_stat` program has every offset it needs.
+    fn rss_known(&self) -> bool {
+        self.task_mm != 0
+            && self.mm_rss_stat != 0
+            && self.pcpu_counter_size != 0
+            && self.pcpu_count != 0
     }
 }
 
@@ -446,7 +469,7 @@ fn attach_raw(ebpf: &mut Ebpf, prog: &str, hook: &str) -> Result<(), String> {
 fn attach_tracepoints(
     ebpf: &mut Ebpf,
     status: &mut Vec<ProbeStatus>,
-    offsets: &TaskOffsets,
+    offsets: &KernelOffsets,
     raw_only: bool,
 ) {
     let btf = if raw_only {
@@ -459,6 +482,7 @@ fn attach_tracepoints(
         for (hook, known) in [
             ("task_newtask", offsets.pid != 0),
             ("sched_process_exit", offsets.exit_code != 0),
+            ("rss_stat", offsets.rss_known()),
         ] {
             if !known {
                 continue;
