@@ -50,16 +50,13 @@ fn futex_parks_and_thread_lifecycle() {
     // With BTF every per-thread or per-fault hook is a BTF tracepoint, and no sys_enter
     // program runs:
     // sched_switch opens the wait slots, and exit codes come from the task.
-    let names: Vec<&str> = t.report.probes.iter().map(|p| p.name.as_str()).collect();
-    for hook in [
+    let names = t.assert_attached(&[
         "tp_btf/sched_switch",
         "tp_btf/sys_exit",
         "tp_btf/task_newtask",
         "tp_btf/sched_process_exit",
         "tp_btf/rss_stat",
-    ] {
-        assert!(names.contains(&hook), "{hook} missing: {names:?}");
-    }
+    ]);
     assert!(!names.iter().any(|n| n.contains("sys_enter")), "{names:?}");
 }
 
@@ -100,17 +97,14 @@ fn raw_tracepoint_syscall_hooks_see_the_same() {
         &[workload(), "park", "3", "600"],
     );
     assert_eq!(t.status, 0, "{}", t.stderr());
-    let names: Vec<&str> = t.report.probes.iter().map(|p| p.name.as_str()).collect();
-    for hook in [
+    t.assert_attached(&[
         "raw_tp/sys_enter",
         "raw_tp/sys_exit",
         "raw_tp/sched_switch",
         "tracepoint/task/task_newtask",
         "tracepoint/sched/sched_process_exit",
         "tracepoint/kmem/rss_stat",
-    ] {
-        assert!(names.contains(&hook), "{hook} missing: {names:?}");
-    }
+    ]);
     let p = t.workload_proc();
     assert_eq!((p.threads_created, p.futex_parked_peak), (3, 3));
     let parks = t

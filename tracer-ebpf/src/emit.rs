@@ -72,6 +72,20 @@ pub static PCPU_COUNTER_SIZE: u64 = 0;
 #[unsafe(no_mangle)]
 pub static PCPU_COUNT_OFF: u64 = 0;
 
+/// A global the collector set at load time. `.rodata` is frozen, so the verifier knows the
+/// value as a constant (which lets `btf_field` load at that offset).
+#[inline(always)]
+pub fn global(v: &'static u64) -> u64 {
+    unsafe { core::ptr::read_volatile(v) }
+}
+
+/// Loads a field of a kernel object behind a BTF-typed pointer (a BTF tracepoint argument,
+/// `bpf_get_current_task_btf()`), at an offset the collector found in BTF.
+#[inline(always)]
+pub fn btf_field<T: Copy>(obj: *const u8, off: &'static u64) -> T {
+    unsafe { core::ptr::read_volatile(obj.add(global(off) as usize) as *const T) }
+}
+
 /// The current task's `exit_code`, or -1 when the offset is unknown.
 #[inline(always)]
 pub fn current_exit_code() -> i32 {

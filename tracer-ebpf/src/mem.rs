@@ -17,8 +17,8 @@ use tracer_common::{
 
 use crate::{
     emit::{
-        MM_RSS_STAT_OFF, PCPU_COUNT_OFF, PCPU_COUNTER_SIZE, RSS_LAST, TASK_MM_OFF, bump, emit,
-        filtering, header, now_ns, pid_tgid, rss_granule, traced,
+        MM_RSS_STAT_OFF, PCPU_COUNT_OFF, PCPU_COUNTER_SIZE, RSS_LAST, TASK_MM_OFF, btf_field, bump,
+        emit, filtering, global, header, now_ns, pid_tgid, rss_granule, traced,
     },
     task::field,
 };
@@ -49,14 +49,14 @@ pub fn rss_stat_btf(ctx: BtfTracePointContext) -> i32 {
     if member < 0 || member as usize >= RSS_MEMBERS {
         return 0;
     }
-    let g = |v: &u64| unsafe { core::ptr::read_volatile(v) };
     let task = unsafe { bpf_get_current_task_btf() } as *const u8;
-    let task_mm =
-        unsafe { core::ptr::read_volatile(task.add(g(&TASK_MM_OFF) as usize) as *const u64) };
+    let task_mm: u64 = btf_field(task, &TASK_MM_OFF);
     let mm_addr = mm as u64;
     // &mm->rss_stat[member].count, read like get_mm_counter() (the approximate sum).
-    let at =
-        mm_addr + g(&MM_RSS_STAT_OFF) + member as u64 * g(&PCPU_COUNTER_SIZE) + g(&PCPU_COUNT_OFF);
+    let at = mm_addr
+        + global(&MM_RSS_STAT_OFF)
+        + member as u64 * global(&PCPU_COUNTER_SIZE)
+        + global(&PCPU_COUNT_OFF);
     let count: i64 = unsafe { bpf_probe_read_kernel(at as *const i64) }.unwrap_or(0);
     // A stable 32-bit id per mm (the classic record's is a keyed hash of the pointer). The
     // verifier allows no arithmetic on the typed pointer: read its value as a number.

@@ -21,8 +21,8 @@ use tracer_common::{
 };
 
 use crate::emit::{
-    EXEC_PENDING, TASK_EXIT_CODE_OFF, TASK_PID_OFF, TRACED, bump, current_exit_code, filtering,
-    header, now_ns, pid_tgid, reserve, submit, take_wait, traced,
+    EXEC_PENDING, TASK_EXIT_CODE_OFF, TASK_PID_OFF, TRACED, btf_field, bump, current_exit_code,
+    filtering, header, now_ns, pid_tgid, reserve, submit, take_wait, traced,
 };
 
 /// Reads a field of a classic tracepoint record. The verifier allows direct loads from the
@@ -45,8 +45,7 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
 pub fn task_newtask_btf(ctx: BtfTracePointContext) -> i32 {
     let task: *const u8 = ctx.arg(0);
     let clone_flags: u64 = ctx.arg(1);
-    let off = unsafe { core::ptr::read_volatile(&TASK_PID_OFF) } as usize;
-    let child_tid = unsafe { core::ptr::read_volatile(task.add(off) as *const i32) };
+    let child_tid: i32 = btf_field(task, &TASK_PID_OFF);
     new_task(child_tid as u32, clone_flags);
     0
 }
@@ -100,9 +99,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
 pub fn sched_process_exit_btf(ctx: BtfTracePointContext) -> i32 {
     let task: *const u8 = ctx.arg(0);
     let group_dead: u64 = ctx.arg(1);
-    let off = unsafe { core::ptr::read_volatile(&TASK_EXIT_CODE_OFF) } as usize;
-    let code = unsafe { core::ptr::read_volatile(task.add(off) as *const i32) };
-    task_exit(group_dead as u8 != 0, code);
+    task_exit(group_dead as u8 != 0, btf_field(task, &TASK_EXIT_CODE_OFF));
     0
 }
 

@@ -67,6 +67,21 @@ pub struct Traced {
 }
 
 impl Traced {
+    /// Fails unless each of `hooks` is an attached probe; returns the attached probes' names.
+    pub fn assert_attached(&self, hooks: &[&str]) -> Vec<&str> {
+        let names: Vec<&str> = self
+            .report
+            .probes
+            .iter()
+            .filter(|p| p.attached)
+            .map(|p| p.name.as_str())
+            .collect();
+        for hook in hooks {
+            assert!(names.contains(hook), "{hook} missing: {names:?}");
+        }
+        names
+    }
+
     /// The process that ran the workload binary (the command, after its exec).
     pub fn workload_proc(&self) -> &ProcessSummary {
         let all: Vec<_> = self
