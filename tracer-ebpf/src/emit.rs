@@ -112,14 +112,17 @@ pub fn filtering() -> bool {
     unsafe { core::ptr::read_volatile(&FILTER) != 0 }
 }
 
+/// The collector itself.
+#[inline(always)]
+pub fn is_self(tgid: u32) -> bool {
+    tgid == unsafe { core::ptr::read_volatile(&SELF_TGID) }
+}
+
 /// Whether events of this tgid are wanted: never the collector's own; with a filter, only
 /// tgids in `TRACED`.
 #[inline(always)]
 pub fn traced(tgid: u32) -> bool {
-    if tgid == unsafe { core::ptr::read_volatile(&SELF_TGID) } {
-        return false;
-    }
-    !filtering() || unsafe { TRACED.get(tgid).is_some() }
+    !is_self(tgid) && (!filtering() || unsafe { TRACED.get(tgid).is_some() })
 }
 
 #[inline(always)]

@@ -24,8 +24,8 @@ use tracer_common::{
 
 use crate::batch;
 use crate::emit::{
-    EXEC_PENDING, bump, emit, header, min_wait_ns, now_ns, pid_tgid, put_wait, switch_hooked,
-    take_wait, traced,
+    EXEC_PENDING, bump, emit, header, is_self, min_wait_ns, now_ns, pid_tgid, put_wait,
+    switch_hooked, take_wait, traced,
 };
 
 // x86_64 `struct pt_regs` word indexes. The layout is user ABI (ptrace), so fixed offsets are
@@ -195,6 +195,10 @@ fn end_wait<R: Regs>(id: u32, r: R, ret: i64) {
         (EventKind::PollWait, Stat::PollShortWaits)
     };
     let (tgid, tid) = pid_tgid();
+    // The collector's own waits (its 10 ms drain timer) are not counted.
+    if is_self(tgid) {
+        return;
+    }
     let slot = take_wait(tid);
     let start = match &slot {
         Some(s) => s.start_ns,
