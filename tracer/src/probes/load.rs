@@ -124,13 +124,15 @@ impl Probes {
 
         let mut status = Vec::new();
         let flush = load_flush(&mut ebpf);
-        attach_generic(
-            &mut ebpf,
-            &mut status,
-            cfg.raw_syscall_hooks,
-            offsets.exit_code != 0,
-        );
-        attach_tracepoints(&mut ebpf, &mut status, &offsets, cfg.raw_syscall_hooks);
+        // Parsed once (a few MiB) for every BTF program.
+        let btf = if cfg.raw_syscall_hooks {
+            Err("raw tracepoints requested".to_owned())
+        } else {
+            Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}"))
+        };
+        attach_generic(&mut ebpf, &mut status, &btf, offsets.exit_code != 0);
+        attach_tracepoints(&mut ebpf, &mut status, &btf, &offsets);
+        drop(btf);
         for s in &status {
             match &s.error {
                 None => tracing::debug!(probe = %s.name, "attached"),
@@ -347,18 +349,13 @@ enum Form {
 fn attach_generic(
     ebpf: &mut Ebpf,
     status: &mut Vec<ProbeStatus>,
-    raw_only: bool,
+    btf: &Result<Btf, String>,
     exit_code_known: bool,
 ) {
-    let btf = if raw_only {
-        Err("raw tracepoints requested".to_owned())
-    } else {
-        Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}"))
-    };
     let switch = attach_hook(
         ebpf,
         status,
-        &btf,
+        btf,
         "sched_switch",
         "park start times: waits are timed from their syscall entry instead",
     );
@@ -368,7 +365,7 @@ fn attach_generic(
     attach_hook(
         ebpf,
         status,
-        &btf,
+        btf,
         "sys_exit",
         "futex, poll, mmap, brk syscalls",
     );
@@ -376,7 +373,7 @@ fn attach_generic(
         attach_hook(
             ebpf,
             status,
-            &btf,
+            btf,
             "sys_enter",
             "futex and poll wait starts, exit calls",
         );
@@ -469,16 +466,11 @@ fn attach_raw(ebpf: &mut Ebpf, prog: &str, hook: &str) -> Result<(), String> {
 fn attach_tracepoints(
     ebpf: &mut Ebpf,
     status: &mut Vec<ProbeStatus>,
+    btf: &Result<Btf, String>,
     offsets: &KernelOffsets,
-    raw_only: bool,
 ) {
-    let btf = if raw_only {
-        None
-    } else {
-        Btf::from_sys_fs().ok()
-    };
     let mut done: Vec<&str> = Vec::new();
-    if let Some(btf) = &btf {
+    if let Ok(btf) = btf {
         for (hook, known) in [
             ("task_newtask", offsets.pid != 0),
             ("sched_process_exit", offsets.exit_code != 0),
