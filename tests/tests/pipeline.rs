@@ -145,10 +145,12 @@ fn mmap_munmap_and_rss() {
         "{} < {unmapped}",
         p.munmap_bytes
     );
-    // Every page was touched: RSS went at least that high (1 MiB granule of slack).
+    // Every page was touched: RSS went at least that high (1 MiB granule of slack), and not
+    // much higher than that plus the binary and its libraries: the counter read from
+    // mm->rss_stat is the right one.
     assert!(
-        p.rss_peak_bytes + (2 << 20) >= total,
-        "rss peak {} < {total}",
+        (total - (2 << 20)..total + (16 << 20)).contains(&p.rss_peak_bytes),
+        "rss peak {} for {total} bytes touched",
         p.rss_peak_bytes
     );
 }
