@@ -363,6 +363,35 @@ fn report_json_has_the_documented_fields() {
 }
 
 #[test]
+fn a_rename_by_prctl_is_seen_when_it_happens() {
+    // The workload renames its main thread, then starts one thread.
+    let t = record(&[], &[workload(), "rename", "by-prctl"]);
+    assert_eq!(t.status, 0, "{}", t.stderr());
+    let p = t.workload_proc();
+    assert_eq!(p.comm, "by-prctl");
+    let rename = t
+        .events_of(p.pid)
+        .filter_map(|e| match e {
+            Event::Rename(r) if r.comm.starts_with(b"by-prctl\0") => Some(*r),
+            _ => None,
+        })
+        .next()
+        .expect("a rename event with the new name");
+    assert_eq!((rename.hdr.tgid, rename.hdr.tid), (p.pid, p.pid));
+    let thread = t
+        .events_of(p.pid)
+        .find_map(|e| match e {
+            Event::NewTask(n) if n.child_tgid == p.pid => Some(*n),
+            _ => None,
+        })
+        .expect("the thread");
+    assert!(
+        rename.hdr.ts_ns <= thread.hdr.ts_ns,
+        "seen when it happened, not at the next thread creation"
+    );
+}
+
+#[test]
 fn hostile_process_names_are_escaped() {
     let name = "\x1b[31mX\x07\u{202e}";
     let t = record(&[], &[workload(), "rename", name]);

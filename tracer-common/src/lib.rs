@@ -32,6 +32,7 @@ pub enum EventKind {
     Rss = 11,
     OomVictim = 12,
     MemBatch = 13,
+    Rename = 14,
 }
 
 impl EventKind {
@@ -50,6 +51,7 @@ impl EventKind {
             11 => Self::Rss,
             12 => Self::OomVictim,
             13 => Self::MemBatch,
+            14 => Self::Rename,
             _ => return None,
         })
     }
@@ -66,6 +68,7 @@ impl EventKind {
             Self::Rss => size_of::<RssEvent>(),
             Self::OomVictim => size_of::<OomEvent>(),
             Self::MemBatch => size_of::<MemBatchEvent>(),
+            Self::Rename => size_of::<RenameEvent>(),
         }
     }
 }
@@ -128,6 +131,16 @@ pub struct ExecEvent {
     pub _pad: u32,
     pub comm: [u8; COMM_LEN],
     pub filename: [u8; FILENAME_LEN],
+}
+
+/// `task/task_rename`: the header's task took a new comm (`prctl(PR_SET_NAME)`, a write to
+/// `/proc/<pid>/task/<tid>/comm`, exec). The header names the renamed task, which is not
+/// always the current one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RenameEvent {
+    pub hdr: EventHeader,
+    pub comm: [u8; COMM_LEN],
 }
 
 /// `exit` or `exit_group` entered: the header's task (or group) asked to exit with `code`.

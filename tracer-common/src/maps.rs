@@ -92,6 +92,8 @@ pub mod globals {
     /// Offset of `task_struct.pid`, from BTF; 0 if unknown (the BTF task hooks are then not
     /// used).
     pub const TASK_PID_OFF: &str = "TASK_PID_OFF";
+    /// Offset of `task_struct.tgid`, from BTF; 0 if unknown (no `task_rename` hook then).
+    pub const TASK_TGID_OFF: &str = "TASK_TGID_OFF";
     /// `task_struct.mm`, `mm_struct.rss_stat`, `sizeof(struct percpu_counter)` and
     /// `percpu_counter.count`, from BTF, for the BTF `rss_stat` program (not used unless all
     /// are known).

@@ -64,6 +64,8 @@ pub static TASK_EXIT_CODE_OFF: u64 = 0;
 #[unsafe(no_mangle)]
 pub static TASK_PID_OFF: u64 = 0;
 #[unsafe(no_mangle)]
+pub static TASK_TGID_OFF: u64 = 0;
+#[unsafe(no_mangle)]
 pub static TASK_MM_OFF: u64 = 0;
 #[unsafe(no_mangle)]
 pub static MM_RSS_STAT_OFF: u64 = 0;

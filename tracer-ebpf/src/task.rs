@@ -16,13 +16,13 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tracer_common::{
-    CLONE_THREAD, COMM_LEN, EventKind, ExecEvent, NewTaskEvent, TaskExitEvent, maps::Stat,
-    tracepoints::*,
+    CLONE_THREAD, COMM_LEN, EventKind, ExecEvent, NewTaskEvent, RenameEvent, TaskExitEvent,
+    maps::Stat, tracepoints::*,
 };
 
 use crate::emit::{
-    EXEC_PENDING, TASK_EXIT_CODE_OFF, TASK_PID_OFF, TRACED, btf_field, bump, current_exit_code,
-    filtering, header, now_ns, pid_tgid, reserve, submit, take_wait, traced,
+    EXEC_PENDING, TASK_EXIT_CODE_OFF, TASK_PID_OFF, TASK_TGID_OFF, TRACED, btf_field, bump,
+    current_exit_code, filtering, header, now_ns, pid_tgid, reserve, submit, take_wait, traced,
 };
 
 /// Reads a field of a classic tracepoint record. The verifier allows direct loads from the
@@ -128,6 +128,31 @@ fn task_exit(group_dead: bool, exit_code: i32) {
     if group_dead && filtering() {
         let _ = TRACED.remove(tgid);
     }
+}
+
+/// `task_rename(struct task_struct *task, const char *comm)`: a new comm, before it is copied
+/// in. `task` is not always the current task (a write to another's `/proc/.../comm`).
+#[btf_tracepoint(function = "task_rename")]
+pub fn task_rename_btf(ctx: BtfTracePointContext) -> i32 {
+    let task: *const u8 = ctx.arg(0);
+    let comm: *const u8 = ctx.arg(1);
+    let tid: i32 = btf_field(task, &TASK_PID_OFF);
+    let tgid: i32 = btf_field(task, &TASK_TGID_OFF);
+    let (tgid, tid) = (tgid as u32, tid as u32);
+    if !traced(tgid) {
+        return 0;
+    }
+    let Some(mut entry) = reserve::<RenameEvent>() else {
+        return 0;
+    };
+    let ev = entry.as_mut_ptr();
+    unsafe {
+        (*ev).hdr = header(EventKind::Rename, now_ns(), tgid, tid);
+        (*ev).comm = [0; COMM_LEN];
+        let _ = bpf_probe_read_kernel_str_bytes(comm, &mut (*ev).comm);
+    }
+    submit(entry);
+    0
 }
 
 #[tracepoint(category = "sched", name = "sched_process_exec")]

@@ -6,7 +6,7 @@
 use thiserror::Error;
 use tracer_common::{
     EventHeader, EventKind, ExecEvent, ExitCallEvent, MemBatchEvent, MemEvent, NewTaskEvent,
-    OomEvent, RssEvent, TaskExitEvent, WaitEvent,
+    OomEvent, RenameEvent, RssEvent, TaskExitEvent, WaitEvent,
 };
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -39,6 +39,7 @@ pub enum Event {
     Rss(RssEvent),
     Oom(OomEvent),
     MemBatch(MemBatchEvent),
+    Rename(RenameEvent),
 }
 
 impl Event {
@@ -53,6 +54,7 @@ impl Event {
             Event::Rss(e) => &e.hdr,
             Event::Oom(e) => &e.hdr,
             Event::MemBatch(e) => &e.hdr,
+            Event::Rename(e) => &e.hdr,
         }
     }
 }
@@ -101,6 +103,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         EventKind::Rss => Event::Rss(read(bytes)),
         EventKind::OomVictim => Event::Oom(read(bytes)),
         EventKind::MemBatch => Event::MemBatch(read(bytes)),
+        EventKind::Rename => Event::Rename(read(bytes)),
     })
 }
 
@@ -165,6 +168,11 @@ mod tests {
             _pad: 0,
         };
         assert_eq!(decode(&bytes_of(&m)), Ok(Event::Mremap(m)));
+        let r = RenameEvent {
+            hdr: hdr(EventKind::Rename),
+            comm: *b"renamed\0\0\0\0\0\0\0\0\0",
+        };
+        assert_eq!(decode(&bytes_of(&r)), Ok(Event::Rename(r)));
     }
 
     #[test]

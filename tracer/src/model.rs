@@ -334,6 +334,15 @@ impl Model {
                 p.sum.rss_bytes = 0;
                 p.sum.rss_peak_bytes = 0;
             }
+            Event::Rename(e) => {
+                // A process's name is its main thread's. The header's cgroup is the renamer's,
+                // which may be another process: only known processes are renamed.
+                if h.tid == h.tgid
+                    && let Some(p) = self.procs.get_mut(&h.tgid)
+                {
+                    p.sum.comm = cstr(&e.comm);
+                }
+            }
             Event::ExitCall(e) => {
                 let p = self.proc_mut(h.tgid, h.cgroup_id, ts);
                 if e.group != 0 || h.tid == h.tgid {
@@ -567,6 +576,31 @@ mod tests {
         assert_eq!(all[0].threads_created, 1);
         assert_eq!(all[0].exited_ns, Some(3));
         assert_eq!(all[1].threads_created, 0);
+    }
+
+    #[test]
+    fn a_rename_of_the_main_thread_names_the_process() {
+        let rename = |ts, tgid, tid, name: &[u8]| {
+            let mut comm = [0; 16];
+            comm[..name.len()].copy_from_slice(name);
+            Event::Rename(RenameEvent {
+                hdr: hdr(EventKind::Rename, ts, tgid, tid),
+                comm,
+            })
+        };
+        let mut m = Model::new(10);
+        m.apply(&newtask(1, 1, 100, false));
+        m.apply(&newtask(2, 100, 101, true));
+        m.apply(&rename(3, 100, 101, b"worker-1"));
+        assert_eq!(
+            find(&m, 100).comm,
+            "w",
+            "a thread's name is not the process's"
+        );
+        m.apply(&rename(4, 100, 100, b"server"));
+        assert_eq!(find(&m, 100).comm, "server");
+        m.apply(&rename(5, 200, 200, b"ghost"));
+        assert!(!m.is_live(200), "a rename alone does not make a process");
     }
 
     #[test]

@@ -114,6 +114,7 @@ impl Probes {
             .override_global(globals::FILTER, &filter, true)
             .override_global(globals::TASK_EXIT_CODE_OFF, &offsets.exit_code, true)
             .override_global(globals::TASK_PID_OFF, &offsets.pid, true)
+            .override_global(globals::TASK_TGID_OFF, &offsets.tgid, true)
             .override_global(globals::TASK_MM_OFF, &offsets.task_mm, true)
             .override_global(globals::MM_RSS_STAT_OFF, &offsets.mm_rss_stat, true)
             .override_global(globals::PCPU_COUNTER_SIZE, &offsets.pcpu_counter_size, true)
@@ -292,6 +293,7 @@ fn test_run_on_cpu(prog_fd: RawFd, cpu: u32) -> std::io::Result<()> {
 struct KernelOffsets {
     exit_code: u64,
     pid: u64,
+    tgid: u64,
     task_mm: u64,
     mm_rss_stat: u64,
     pcpu_counter_size: u64,
@@ -311,6 +313,7 @@ impl KernelOffsets {
         Self {
             exit_code: off("exit_code").unwrap_or(0),
             pid: off("pid").unwrap_or(0),
+            tgid: off("tgid").unwrap_or(0),
             task_mm: off("mm").unwrap_or(0),
             // An array of per-CPU counters since 6.2 (a struct of atomics before).
             mm_rss_stat: btf
@@ -489,6 +492,16 @@ fn attach_tracepoints(
                      costs a little more per thread"
                 ),
             }
+        }
+        // Renames by prctl or /proc/.../comm (BTF only: without it, a new name shows at the
+        // process's next thread creation or exit).
+        if offsets.pid != 0 && offsets.tgid != 0 {
+            status.push(
+                match attach_btf(ebpf, "task_rename_btf", "task_rename", btf) {
+                    Ok(()) => ok("tp_btf/task_rename".to_owned()),
+                    Err(e) => failed("tp_btf/task_rename (renames by prctl)".to_owned(), e),
+                },
+            );
         }
     }
     let dir = match tracefs::ensure_tracefs() {
