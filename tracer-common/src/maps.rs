@@ -29,11 +29,11 @@ pub const WAIT_SLOTS_LEN: u32 = 1 << 17;
 pub const WAITING: &str = "WAITING";
 pub const WAITING_MAX: u32 = 16_384;
 
-/// One `u64`, set by the collector once the `sched_switch` hook is attached: 2 for the BTF
-/// program (it opens wait slots itself), 1 for the raw one (it stamps slots `sys_enter`
-/// opened). From then on a wait's `start_ns` is written when its thread first goes to sleep
-/// in the call; a call that never sleeps costs no clock read, the largest part of a traced
-/// call's cost here. Before (or without the hook) `start_ns` is the syscall entry time.
+/// One `u64`, set to 1 by the collector once a `sched_switch` program is attached (the BTF
+/// one opens wait slots itself; the raw one stamps slots `sys_enter` opened). From then on a
+/// wait's `start_ns` is written when its thread first goes to sleep in the call; a call that
+/// never sleeps costs no clock read, the largest part of a traced call's cost here. Before (or
+/// without the hook) `sys_enter` writes the syscall entry time.
 pub const SWITCH_HOOKED: &str = "SWITCH_HOOKED";
 
 /// Per-CPU direct-mapped cache of the last RSS values emitted per mm, indexed by

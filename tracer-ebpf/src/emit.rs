@@ -91,7 +91,7 @@ pub fn btf_field<T: Copy>(obj: *const u8, off: &'static u64) -> T {
 /// The current task's `exit_code`, or -1 when the offset is unknown.
 #[inline(always)]
 pub fn current_exit_code() -> i32 {
-    let off = unsafe { core::ptr::read_volatile(&TASK_EXIT_CODE_OFF) };
+    let off = global(&TASK_EXIT_CODE_OFF);
     if off == 0 {
         return -1;
     }
@@ -101,12 +101,12 @@ pub fn current_exit_code() -> i32 {
 
 #[inline(always)]
 pub fn min_wait_ns() -> u64 {
-    unsafe { core::ptr::read_volatile(&MIN_WAIT_NS) }
+    global(&MIN_WAIT_NS)
 }
 
 #[inline(always)]
 pub fn rss_granule() -> i64 {
-    unsafe { core::ptr::read_volatile(&RSS_GRANULE) as i64 }
+    global(&RSS_GRANULE) as i64
 }
 
 #[inline(always)]
@@ -206,10 +206,7 @@ pub fn submit<T: 'static>(entry: aya_ebpf::maps::ring_buf::RingBufEntry<T>) {
 /// `tracer_common::maps::SWITCH_HOOKED`.
 #[inline(always)]
 pub fn switch_hooked() -> bool {
-    match SWITCH_HOOKED.get_ptr(0) {
-        Some(p) => (unsafe { core::ptr::read_volatile(p) }) != 0,
-        None => false,
-    }
+    flag(&SWITCH_HOOKED)
 }
 
 /// The `WAIT_SLOTS` entry of a tid.
@@ -218,20 +215,35 @@ pub fn wait_slot(tid: u32) -> Option<*mut WaitSlot> {
     WAIT_SLOTS.get_ptr_mut(tid & (WAIT_SLOTS_LEN - 1))
 }
 
+/// Where `tid`'s wait state is: its slot, or (`true`) its overflow entry. Only one lookup
+/// path, for taking a state out and for stamping it.
+#[inline(always)]
+fn held_by(tid: u32) -> Option<(*mut WaitSlot, bool)> {
+    if let Some(p) = wait_slot(tid)
+        && unsafe { (*p).tid } == tid
+    {
+        return Some((p, false));
+    }
+    // Not in its slot: in the overflow map (if that was ever used), or not waiting (filtered
+    // out, blocked since before tracing started, or never slept in its call).
+    if !overflow_used() {
+        return None;
+    }
+    WAITING.get_ptr_mut(tid).map(|p| (p, true))
+}
+
 /// Takes the blocked state of `tid` out of its slot (or the overflow map): at the end of its
 /// call, or at its exit.
 #[inline(always)]
 pub fn take_wait(tid: u32) -> Option<WaitSlot> {
-    if let Some(p) = wait_slot(tid)
-        && unsafe { (*p).tid } == tid
-    {
-        let state = unsafe { *p };
+    let (p, overflow) = held_by(tid)?;
+    let state = unsafe { *p };
+    if overflow {
+        let _ = WAITING.remove(tid);
+    } else {
         unsafe { core::ptr::write_volatile(&mut (*p).tid, 0) };
-        return Some(state);
     }
-    // Not in its slot: in the overflow map, or never tracked (filtered out, or blocked since
-    // before tracing started).
-    take_overflow(tid)
+    Some(state)
 }
 
 /// Puts the blocked state of `state.tid` in its slot, or in the overflow map when another
@@ -261,22 +273,12 @@ pub fn put_wait(state: &WaitSlot) -> bool {
 /// stamped; false when it holds none.
 #[inline(always)]
 pub fn mark_parked(tid: u32) -> bool {
-    let slot = match wait_slot(tid) {
-        Some(p) if unsafe { (*p).tid } == tid => p,
-        // Not in its slot: in the overflow map, if that was ever used, or not waiting.
-        _ => match WAITING_USED.get_ptr(0) {
-            Some(used) if unsafe { core::ptr::read_volatile(used) } != 0 => {
-                match WAITING.get_ptr_mut(tid) {
-                    Some(p) => p,
-                    None => return false,
-                }
-            }
-            _ => return false,
-        },
+    let Some((p, _)) = held_by(tid) else {
+        return false;
     };
     unsafe {
-        if (*slot).start_ns == 0 {
-            core::ptr::write_volatile(&mut (*slot).start_ns, now_ns());
+        if (*p).start_ns == 0 {
+            core::ptr::write_volatile(&mut (*p).start_ns, now_ns());
         }
     }
     true
@@ -294,14 +296,17 @@ fn put_overflow(tid: u32, state: &WaitSlot) -> bool {
     true
 }
 
-/// Removes and returns the overflow entry of `tid`, if the overflow map was ever used.
+/// Whether `WAITING` was ever used (see `WAITING_USED`).
 #[inline(always)]
-fn take_overflow(tid: u32) -> Option<WaitSlot> {
-    let used = WAITING_USED.get_ptr_mut(0)?;
-    if unsafe { core::ptr::read_volatile(used) } == 0 {
-        return None;
+fn overflow_used() -> bool {
+    flag(&WAITING_USED)
+}
+
+/// A one-entry flag map, read as non-zero.
+#[inline(always)]
+fn flag(map: &Array<u64>) -> bool {
+    match map.get_ptr(0) {
+        Some(p) => (unsafe { core::ptr::read_volatile(p) }) != 0,
+        None => false,
     }
-    let state = unsafe { WAITING.get(tid) }.copied()?;
-    let _ = WAITING.remove(tid);
-    Some(state)
 }

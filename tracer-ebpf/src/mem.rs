@@ -1,8 +1,5 @@
 //! Memory beyond the syscalls: RSS (`kmem/rss_stat`) and OOM kills (`oom/mark_victim`).
 
-/// x86_64 pages are 4 KiB.
-const PAGE_SHIFT: i64 = 12;
-
 use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_probe_read_kernel, generated::bpf_get_current_task_btf},
@@ -22,6 +19,9 @@ use crate::{
     },
     task::field,
 };
+
+/// x86_64 pages are 4 KiB.
+const PAGE_SHIFT: i64 = 12;
 
 /// `rss_stat` fires on every counter update (page-fault rate). Only moves of at least
 /// `RSS_GRANULE` since the last event for that mm and counter are streamed.
@@ -45,6 +45,7 @@ pub fn rss_stat(ctx: TracePointContext) -> u32 {
 pub fn rss_stat_btf(ctx: BtfTracePointContext) -> i32 {
     let mm: *const u8 = ctx.arg(0);
     let member: u64 = ctx.arg(1);
+    // Bounded here too: the verifier refuses pointer arithmetic with an unbounded scalar.
     let member = member as i32;
     if member < 0 || member as usize >= RSS_MEMBERS {
         return 0;

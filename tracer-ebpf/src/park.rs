@@ -16,7 +16,7 @@ use aya_ebpf::{
 use tracer_common::maps::Stat;
 
 use crate::emit::{bump, mark_parked, now_ns, pid_tgid, put_wait, traced};
-use crate::syscall::{AX, BtfRegs, ORIG_AX, Regs, can_park, wait_slot_for};
+use crate::syscall::{AX, BtfRegs, Call, ORIG_AX, Regs, classify, wait_slot_for};
 
 /// `task->__state` bits: a sleep in a call (interruptible or not) counts as a park; stops,
 /// traces, freezing and death do not (a stopped thread may be past its syscall's exit).
@@ -78,7 +78,7 @@ fn open_slot(tgid: u32, tid: u32) {
         return;
     }
     let id = r.word(ORIG_AX) as u32;
-    if !can_park(id, r) || !traced(tgid) {
+    if classify(id, r) != Call::Wait || !traced(tgid) {
         return;
     }
     if !put_wait(&wait_slot_for(id, r, tgid, tid, now_ns())) {

@@ -91,33 +91,41 @@ pub fn sys_exit_raw(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// poll and epoll_wait/epoll_pwait with a zero timeout: it is in a register (at entry and
-/// still at exit), and such a call cannot block.
-#[inline(always)]
-fn zero_int_timeout<R: Regs>(id: u32, r: R) -> bool {
-    match id {
-        nr::POLL => r.word(DX) as i32 == 0,
-        nr::EPOLL_WAIT | nr::EPOLL_PWAIT => r.word(R10) as i32 == 0,
-        _ => false,
-    }
+/// What a syscall is to the tracer, from its number and (for futex ops and integer
+/// timeouts) its argument registers, which still hold the arguments at exit and while the
+/// thread sleeps in the call. One classification for entry, exit and `sched_switch`, so that a
+/// slot is opened exactly for the calls whose exit takes it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Call {
+    /// A futex wait or a poll-family call that may block: it gets a wait slot.
+    Wait,
+    /// A futex wake/requeue: counted.
+    FutexWake,
+    /// poll or epoll_wait/epoll_pwait with a zero (register) timeout: cannot block, counted.
+    NonBlockingPoll,
+    Mem,
+    Exit,
+    Other,
 }
 
-/// The calls that can park a thread: futex waits and poll-family calls that may block.
-/// `sched_switch` creates wait slots for exactly these, and their exits take the slot.
 #[inline(always)]
-pub(crate) fn can_park<R: Regs>(id: u32, r: R) -> bool {
+pub(crate) fn classify<R: Regs>(id: u32, r: R) -> Call {
     match id {
-        nr::FUTEX => futex_op_waits(r.word(SI) as u32 & !FUTEX_FLAGS),
-        nr::FUTEX_WAIT | nr::FUTEX_WAITV => true,
-        _ if zero_int_timeout(id, r) => false,
+        nr::FUTEX if futex_op_waits(r.word(SI) as u32 & !FUTEX_FLAGS) => Call::Wait,
+        nr::FUTEX | nr::FUTEX_WAKE => Call::FutexWake,
+        nr::FUTEX_WAIT | nr::FUTEX_WAITV => Call::Wait,
+        nr::POLL if r.word(DX) as i32 == 0 => Call::NonBlockingPoll,
+        nr::EPOLL_WAIT | nr::EPOLL_PWAIT if r.word(R10) as i32 == 0 => Call::NonBlockingPoll,
         nr::POLL
         | nr::PPOLL
         | nr::SELECT
         | nr::PSELECT6
         | nr::EPOLL_WAIT
         | nr::EPOLL_PWAIT
-        | nr::EPOLL_PWAIT2 => true,
-        _ => false,
+        | nr::EPOLL_PWAIT2 => Call::Wait,
+        nr::MMAP | nr::MUNMAP | nr::MREMAP | nr::BRK => Call::Mem,
+        nr::EXIT | nr::EXIT_GROUP => Call::Exit,
+        _ => Call::Other,
     }
 }
 
@@ -151,35 +159,31 @@ pub(crate) fn wait_slot_for<R: Regs>(
     }
 }
 
-/// `sys_enter` is attached only when `sched_switch` cannot create wait slots itself (raw
+/// `sys_enter` is attached only when `sched_switch` cannot open wait slots itself (raw
 /// tracepoints, no BTF) or the exit code cannot be read from `task_struct`: it then opens the
 /// wait slots and reports `exit`/`exit_group` calls.
 #[inline(always)]
 fn on_enter<R: Regs>(r: R, id: u32) {
-    match id {
-        nr::EXIT | nr::EXIT_GROUP => {
-            let (tgid, tid) = pid_tgid();
-            if !traced(tgid) {
-                return;
-            }
-            emit(&ExitCallEvent {
-                hdr: header(EventKind::ExitCall, now_ns(), tgid, tid),
-                code: r.word(DI) as i32,
-                group: (id == nr::EXIT_GROUP) as u32,
-            });
-        }
-        _ if can_park(id, r) => {
-            let (tgid, tid) = pid_tgid();
-            if !traced(tgid) {
-                return;
-            }
-            // With the sched_switch hook, the start is stamped when the thread first sleeps.
-            let start = if switch_hooked() { 0 } else { now_ns() };
-            if !put_wait(&wait_slot_for(id, r, tgid, tid, start)) {
-                bump(Stat::WaitMapFull);
-            }
-        }
-        _ => {}
+    let call = classify(id, r);
+    if call != Call::Exit && call != Call::Wait {
+        return;
+    }
+    let (tgid, tid) = pid_tgid();
+    if !traced(tgid) {
+        return;
+    }
+    if call == Call::Exit {
+        emit(&ExitCallEvent {
+            hdr: header(EventKind::ExitCall, now_ns(), tgid, tid),
+            code: r.word(DI) as i32,
+            group: (id == nr::EXIT_GROUP) as u32,
+        });
+        return;
+    }
+    // With the sched_switch hook, the start is stamped when the thread first sleeps.
+    let start = if switch_hooked() { 0 } else { now_ns() };
+    if !put_wait(&wait_slot_for(id, r, tgid, tid, start)) {
+        bump(Stat::WaitMapFull);
     }
 }
 
@@ -232,14 +236,12 @@ fn end_wait<R: Regs>(id: u32, r: R, ret: i64) {
 #[inline(always)]
 fn on_exit<R: Regs>(r: R, ret: i64) {
     let id = r.word(ORIG_AX) as u32;
-    match id {
-        nr::FUTEX_WAKE => bump(Stat::FutexWakes),
-        nr::FUTEX if !can_park(id, r) => bump(Stat::FutexWakes),
-        // A zero-timeout poll/epoll_wait never parks and never has a slot.
-        _ if zero_int_timeout(id, r) => bump(Stat::PollNonBlocking),
-        _ if can_park(id, r) => end_wait(id, r, ret),
-        nr::MMAP | nr::MUNMAP | nr::MREMAP | nr::BRK => on_mem_exit(id, r, ret),
-        _ => {}
+    match classify(id, r) {
+        Call::FutexWake => bump(Stat::FutexWakes),
+        Call::NonBlockingPoll => bump(Stat::PollNonBlocking),
+        Call::Wait => end_wait(id, r, ret),
+        Call::Mem => on_mem_exit(id, r, ret),
+        Call::Exit | Call::Other => {}
     }
 }
 
