@@ -221,7 +221,7 @@ fn load_flush(ebpf: &mut Ebpf) -> Option<(RawFd, Vec<u32>)> {
             .ok_or("program missing")?
             .try_into()
             .map_err(|e| format!("{e}"))?;
-        p.load().map_err(|e| format!("load: {e}"))?;
+        p.load().map_err(|e| load_error(m::FLUSH_PROGRAM, &e))?;
         let fd = p.fd().map_err(|e| format!("{e}"))?.as_fd().as_raw_fd();
         let cpus = aya::util::online_cpus().map_err(|(what, e)| format!("{what}: {e}"))?;
         Ok((fd, cpus))
@@ -362,8 +362,8 @@ fn attach_generic(
         "sched_switch",
         "park start times: waits are timed from their syscall entry instead",
     );
-    if let Some(form) = switch {
-        hooked(ebpf, form);
+    if switch.is_some() {
+        set_switch_hooked(ebpf);
     }
     attach_hook(
         ebpf,
@@ -423,22 +423,44 @@ fn attach_hook(
     }
 }
 
-/// Tells the kernel programs that `sched_switch` now stamps park starts.
-fn hooked(ebpf: &mut Ebpf, form: Form) {
-    let value: u64 = match form {
-        Form::Btf => 2,
-        Form::Raw => 1,
-    };
+/// Tells the kernel programs that `sched_switch` now stamps park starts, so that `sys_enter`
+/// (where it runs) leaves the start to it.
+fn set_switch_hooked(ebpf: &mut Ebpf) {
     let res = ebpf
         .map_mut(m::SWITCH_HOOKED)
         .ok_or_else(|| "map missing".to_owned())
         .and_then(|map| Array::<_, u64>::try_from(map).map_err(|e| e.to_string()))
-        .and_then(|mut a| a.set(0, value, 0).map_err(|e| e.to_string()));
+        .and_then(|mut a| a.set(0, 1, 0).map_err(|e| e.to_string()));
     if let Err(e) = res {
         tracing::warn!(
-            "setting {} failed ({e}): waits are timed from their syscall entry",
+            "setting {} failed ({e}): where sys_enter runs, waits are timed from their \
+             syscall entry",
             m::SWITCH_HOOKED
         );
+    }
+}
+
+/// A program the kernel refused: one line for stderr and the file (what, and where to see
+/// more); the verifier's log, often thousands of lines, goes to the debug log.
+fn load_error(prog: &str, e: &aya::programs::ProgramError) -> String {
+    let full = e.to_string();
+    let (line, has_log) = summarize_load_error(&full);
+    if has_log {
+        tracing::debug!(program = prog, "verifier log: {full}");
+    }
+    line
+}
+
+fn summarize_load_error(full: &str) -> (String, bool) {
+    match full.split_once("Verifier output:") {
+        Some((head, _)) => (
+            format!(
+                "load: {} (the verifier refused the program; RUST_LOG=debug shows its log)",
+                head.trim().trim_end_matches('.')
+            ),
+            true,
+        ),
+        None => (format!("load: {full}"), false),
     }
 }
 
@@ -448,7 +470,7 @@ fn attach_btf(ebpf: &mut Ebpf, prog: &str, hook: &str, btf: &Btf) -> Result<(), 
         .ok_or_else(|| format!("program {prog} missing"))?
         .try_into()
         .map_err(|e| format!("{e}"))?;
-    p.load(hook, btf).map_err(|e| format!("load: {e}"))?;
+    p.load(hook, btf).map_err(|e| load_error(prog, &e))?;
     p.attach().map_err(|e| format!("attach: {e}"))?;
     Ok(())
 }
@@ -459,7 +481,7 @@ fn attach_raw(ebpf: &mut Ebpf, prog: &str, hook: &str) -> Result<(), String> {
         .ok_or_else(|| format!("program {prog} missing"))?
         .try_into()
         .map_err(|e| format!("{e}"))?;
-    p.load().map_err(|e| format!("load: {e}"))?;
+    p.load().map_err(|e| load_error(prog, &e))?;
     p.attach(hook).map_err(|e| format!("attach: {e}"))?;
     Ok(())
 }
@@ -526,7 +548,7 @@ fn attach_tracepoints(
                 .ok_or_else(|| format!("program {} missing", tp.program))?
                 .try_into()
                 .map_err(|e| format!("{e}"))?;
-            p.load().map_err(|e| format!("load: {e}"))?;
+            p.load().map_err(|e| load_error(tp.program, &e))?;
             p.attach(tp.category, tp.name)
                 .map_err(|e| format!("attach: {e}"))?;
             Ok(())
@@ -555,5 +577,27 @@ fn failed(name: String, error: String) -> ProbeStatus {
         name,
         attached: false,
         error: Some(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_verifier_refusal_is_one_line_with_where_to_look() {
+        let full = "the BPF_PROG_LOAD syscall returned Invalid argument (os error 22). \
+                    Verifier output: 0: R1=ctx() R10=fp0\n1: (79) r8 = *(u64 *)(r6 +0)\n";
+        let (line, has_log) = summarize_load_error(full);
+        assert!(has_log);
+        assert_eq!(
+            line,
+            "load: the BPF_PROG_LOAD syscall returned Invalid argument (os error 22) (the \
+             verifier refused the program; RUST_LOG=debug shows its log)"
+        );
+        assert!(!line.contains('\n'));
+        let (line, has_log) = summarize_load_error("map EVENTS not found");
+        assert!(!has_log);
+        assert_eq!(line, "load: map EVENTS not found");
     }
 }
