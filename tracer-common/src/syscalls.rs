@@ -38,6 +38,57 @@ pub const fn futex_op_waits(op: u32) -> bool {
     )
 }
 
+/// What a syscall is to the tracer. Decided from its number and, for futex ops and integer
+/// timeouts, its arguments (`arg(i)` is syscall argument `i`, read lazily: in the kernel a read
+/// can cost a probe read). The kernel programs classify at entry, at exit and while the thread
+/// sleeps; the collector classifies threads found blocked in /proc. One function, so that a
+/// wait slot is opened exactly for the calls whose exit takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Call {
+    /// A futex wait or a poll-family call that may block: it gets a wait slot.
+    Wait,
+    /// A futex wake/requeue: counted.
+    FutexWake,
+    /// poll or epoll_wait/epoll_pwait with a zero (integer) timeout: cannot block, counted.
+    NonBlockingPoll,
+    Mem,
+    Exit,
+    Other,
+}
+
+#[inline(always)]
+pub fn classify(nr: u32, arg: impl Fn(usize) -> u64) -> Call {
+    match nr {
+        FUTEX if futex_op_waits(arg(1) as u32 & !FUTEX_FLAGS) => Call::Wait,
+        FUTEX | FUTEX_WAKE => Call::FutexWake,
+        FUTEX_WAIT | FUTEX_WAITV => Call::Wait,
+        POLL if arg(2) as i32 == 0 => Call::NonBlockingPoll,
+        EPOLL_WAIT | EPOLL_PWAIT if arg(3) as i32 == 0 => Call::NonBlockingPoll,
+        POLL | PPOLL | SELECT | PSELECT6 | EPOLL_WAIT | EPOLL_PWAIT | EPOLL_PWAIT2 => Call::Wait,
+        MMAP | MUNMAP | MREMAP | BRK => Call::Mem,
+        EXIT | EXIT_GROUP => Call::Exit,
+        _ => Call::Other,
+    }
+}
+
+/// What a wait slot records of a `Call::Wait` besides the thread: the futex op (flags masked),
+/// or a poll's nfds (saturated).
+#[inline(always)]
+pub fn wait_op(nr: u32, arg: impl Fn(usize) -> u64) -> u16 {
+    match nr {
+        FUTEX => (arg(1) as u32 & !FUTEX_FLAGS) as u16,
+        FUTEX_WAIT | FUTEX_WAITV => 0,
+        _ => {
+            let n = arg(1);
+            if n > u16::MAX as u64 {
+                u16::MAX
+            } else {
+                n as u16
+            }
+        }
+    }
+}
+
 pub const fn is_poll_family(nr: u32) -> bool {
     matches!(
         nr,
@@ -70,5 +121,33 @@ pub const fn name(nr: u32) -> &'static str {
         FUTEX_WAKE => "futex_wake",
         FUTEX_WAIT => "futex_wait",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classify_by_number_op_and_integer_timeout() {
+        let args = |a: [u64; 6]| move |i: usize| a[i];
+        assert_eq!(classify(FUTEX, args([0, 128, 0, 0, 0, 0])), Call::Wait); // WAIT_PRIVATE
+        assert_eq!(classify(FUTEX, args([0, 129, 0, 0, 0, 0])), Call::FutexWake);
+        assert_eq!(classify(FUTEX_WAITV, args([0; 6])), Call::Wait);
+        assert_eq!(
+            classify(POLL, args([0, 1, 0, 0, 0, 0])),
+            Call::NonBlockingPoll
+        );
+        assert_eq!(classify(POLL, args([0, 1, u64::MAX, 0, 0, 0])), Call::Wait); // -1: forever
+        assert_eq!(
+            classify(EPOLL_WAIT, args([0, 0, 8, 0, 0, 0])),
+            Call::NonBlockingPoll
+        );
+        assert_eq!(classify(PPOLL, args([0; 6])), Call::Wait); // pointer timeout: by duration
+        assert_eq!(classify(BRK, args([0; 6])), Call::Mem);
+        assert_eq!(classify(EXIT_GROUP, args([0; 6])), Call::Exit);
+        assert_eq!(classify(0, args([0; 6])), Call::Other);
+        assert_eq!(wait_op(FUTEX, args([0, 128 | 9, 0, 0, 0, 0])), 9);
+        assert_eq!(wait_op(PPOLL, args([0, 1 << 20, 0, 0, 0, 0])), u16::MAX);
     }
 }

@@ -13,10 +13,10 @@ use aya_ebpf::{
     macros::{btf_tracepoint, raw_tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
-use tracer_common::maps::Stat;
+use tracer_common::{maps::Stat, syscalls::Call};
 
 use crate::emit::{bump, mark_parked, now_ns, pid_tgid, put_wait, traced};
-use crate::syscall::{AX, BtfRegs, Call, ORIG_AX, Regs, classify, wait_slot_for};
+use crate::syscall::{AX, BtfRegs, ORIG_AX, Regs, classify, wait_slot_for};
 
 /// `task->__state` bits: a sleep in a call (interruptible or not) counts as a park; stops,
 /// traces, freezing and death do not (a stopped thread may be past its syscall's exit).

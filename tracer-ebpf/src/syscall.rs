@@ -19,7 +19,7 @@ use aya_ebpf::{
 use tracer_common::{
     EventKind, ExitCallEvent, MAP_ANONYMOUS, MemEvent, SMALL_MAP_BYTES, WaitEvent,
     maps::{Stat, WaitSlot},
-    syscalls::{self as nr, FUTEX_FLAGS, futex_op_waits},
+    syscalls::{self as nr, Call},
 };
 
 use crate::batch;
@@ -31,6 +31,7 @@ use crate::emit::{
 // x86_64 `struct pt_regs` word indexes. The layout is user ABI (ptrace), so fixed offsets are
 // safe without CO-RE.
 const R10: usize = 7;
+const R9: usize = 8;
 const R8: usize = 9;
 pub(crate) const AX: usize = 10;
 const DX: usize = 12;
@@ -91,52 +92,13 @@ pub fn sys_exit_raw(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// What a syscall is to the tracer, from its number and (for futex ops and integer
-/// timeouts) its argument registers, which still hold the arguments at exit and while the
-/// thread sleeps in the call. One classification for entry, exit and `sched_switch`, so that a
-/// slot is opened exactly for the calls whose exit takes it.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Call {
-    /// A futex wait or a poll-family call that may block: it gets a wait slot.
-    Wait,
-    /// A futex wake/requeue: counted.
-    FutexWake,
-    /// poll or epoll_wait/epoll_pwait with a zero (register) timeout: cannot block, counted.
-    NonBlockingPoll,
-    Mem,
-    Exit,
-    Other,
-}
+/// The x86_64 registers holding syscall arguments 0..=5.
+const ARG_REGS: [usize; 6] = [DI, SI, DX, R10, R8, R9];
 
+/// `syscalls::classify` on the saved registers (an argument is read only when needed).
 #[inline(always)]
 pub(crate) fn classify<R: Regs>(id: u32, r: R) -> Call {
-    match id {
-        nr::FUTEX if futex_op_waits(r.word(SI) as u32 & !FUTEX_FLAGS) => Call::Wait,
-        nr::FUTEX | nr::FUTEX_WAKE => Call::FutexWake,
-        nr::FUTEX_WAIT | nr::FUTEX_WAITV => Call::Wait,
-        nr::POLL if r.word(DX) as i32 == 0 => Call::NonBlockingPoll,
-        nr::EPOLL_WAIT | nr::EPOLL_PWAIT if r.word(R10) as i32 == 0 => Call::NonBlockingPoll,
-        nr::POLL
-        | nr::PPOLL
-        | nr::SELECT
-        | nr::PSELECT6
-        | nr::EPOLL_WAIT
-        | nr::EPOLL_PWAIT
-        | nr::EPOLL_PWAIT2 => Call::Wait,
-        nr::MMAP | nr::MUNMAP | nr::MREMAP | nr::BRK => Call::Mem,
-        nr::EXIT | nr::EXIT_GROUP => Call::Exit,
-        _ => Call::Other,
-    }
-}
-
-/// What a wait slot records besides the thread: futex op (masked), or a poll's nfds.
-#[inline(always)]
-fn wait_op<R: Regs>(id: u32, r: R) -> u16 {
-    match id {
-        nr::FUTEX => (r.word(SI) as u32 & !FUTEX_FLAGS) as u16,
-        nr::FUTEX_WAIT | nr::FUTEX_WAITV => 0,
-        _ => r.word(SI).min(u16::MAX as u64) as u16,
-    }
+    nr::classify(id, |i| r.word(ARG_REGS[i]))
 }
 
 /// A wait slot for the current thread's call `id`; `start_ns` 0 until it sleeps.
@@ -154,7 +116,7 @@ pub(crate) fn wait_slot_for<R: Regs>(
         tid,
         tgid,
         syscall: id as u16,
-        op: wait_op(id, r),
+        op: nr::wait_op(id, |i| r.word(ARG_REGS[i])),
         _pad: 0,
     }
 }

@@ -231,8 +231,8 @@ fn kernel_release() -> String {
         .unwrap_or_default()
 }
 
-/// Threads blocked before the programs were attached never went through their syscall entry:
-/// put them in the kernel's wait table as if they had, so they show as parked and their
+/// Threads that went to sleep before the programs were attached have no wait slot: put them in
+/// the kernel's wait table as the programs would have, so they show as parked and their
 /// wake-up is traced. Their start is "when tracing started" (the real one is unknown). A thread
 /// that woke while we looked is taken out again.
 fn seed_blocked(probes: &Probes, seeds: &[crate::tracefile::ProcessSeed]) -> usize {

@@ -4,7 +4,7 @@ use std::{fs, path::Path};
 
 use tracer_common::{
     maps::WaitSlot,
-    syscalls::{self, FUTEX_FLAGS, futex_op_waits},
+    syscalls::{self, Call},
 };
 
 use crate::{cgroups::Cgroups, tracefile::ProcessSeed};
@@ -80,8 +80,8 @@ pub fn read(pid: u32, cgroups: &Cgroups) -> Option<ProcessSeed> {
 }
 
 /// What a thread is blocked in right now, from `/proc/<pid>/task/<tid>/syscall`
-/// (`<nr> <arg0> <arg1> ...` while in a syscall), if it is a futex wait or a poll-family call:
-/// the slot the kernel programs would have written at its entry. `start_ns` is `now_ns`: the
+/// (`<nr> <arg0> <arg1> ...` while in a syscall), if it is a call that can park: the slot the
+/// kernel programs would have opened when it went to sleep. `start_ns` is `now_ns`: the
 /// real start is before tracing began and is not known.
 pub fn blocked(pid: u32, tid: u32, now_ns: u64) -> Option<WaitSlot> {
     let text = fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
@@ -91,28 +91,22 @@ pub fn blocked(pid: u32, tid: u32, now_ns: u64) -> Option<WaitSlot> {
 fn parse_blocked(text: &str, pid: u32, tid: u32, now_ns: u64) -> Option<WaitSlot> {
     let mut f = text.split_whitespace();
     let nr: u32 = f.next()?.parse().ok()?;
-    let hex = |s: Option<&str>| u64::from_str_radix(s?.trim_start_matches("0x"), 16).ok();
-    let arg0 = hex(f.next())?;
-    let arg1 = hex(f.next())?;
-    let op = match nr {
-        syscalls::FUTEX => {
-            let op = arg1 as u32 & !FUTEX_FLAGS;
-            if !futex_op_waits(op) {
-                return None;
-            }
-            op
-        }
-        syscalls::FUTEX_WAIT | syscalls::FUTEX_WAITV => 0,
-        n if syscalls::is_poll_family(n) => arg1.min(u16::MAX as u64) as u32,
-        _ => return None,
-    };
+    let mut args = [0u64; 6];
+    for a in &mut args {
+        *a = u64::from_str_radix(f.next()?.trim_start_matches("0x"), 16).ok()?;
+    }
+    // The kernel programs' own classification: a slot seeded here is one their exit takes.
+    let arg = |i: usize| args[i];
+    if syscalls::classify(nr, arg) != Call::Wait {
+        return None;
+    }
     Some(WaitSlot {
         start_ns: now_ns,
-        uaddr: arg0,
+        uaddr: args[0],
         tid,
         tgid: pid,
         syscall: nr as u16,
-        op: op as u16,
+        op: syscalls::wait_op(nr, arg),
         _pad: 0,
     })
 }
@@ -150,6 +144,9 @@ mod tests {
         let ppoll = parse_blocked("271 0x0 0x3 0x7ffc 0x0 0x8 0x0 0x0 0x0", 1, 2, 0).unwrap();
         assert_eq!((ppoll.syscall, ppoll.op), (271, 3));
         assert!(parse_blocked("running", 1, 1, 0).is_none());
+        // poll with a zero timeout cannot block: the kernel's exit would never take its slot.
+        assert!(parse_blocked("7 0x7ffc 0x1 0x0 0x0 0x0 0x0 0x0 0x0", 1, 1, 0).is_none());
+        assert!(parse_blocked("7 0x7ffc 0x1 0x3e8 0x0 0x0 0x0 0x0 0x0", 1, 1, 0).is_some());
         assert!(parse_blocked("-1 0x7ffc 0x7f01", 1, 1, 0).is_none());
         assert!(parse_blocked("0 0x3 0x7ffc 0x1000 0x0 0x0 0x0 0x0 0x0", 1, 1, 0).is_none());
     }
