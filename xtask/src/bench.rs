@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: what tracing costs, measured as ratios within one run.
 //!
-//! 1. Per-call cost of hot loops, untraced, traced by `tracer record` (host-wide) and traced by
-//!    an equivalent bpftrace script; the workload runs pinned to CPU 0, tracers on CPU 1.
+//! 1. Per-call cost of hot loops, untraced, traced by `tracer record` (host-wide), traced by
+//!    an equivalent bpftrace script, and under the floor (one syscall tracepoint that never
+//!    fires); the workload runs pinned to CPU 0, tracers on CPU 1.
 //! 2. Sustained events/s through the collector, with the kernel's lost-event count.
 //! 3. Collector RSS while 10 000 threads are alive and parked.
 
@@ -77,7 +78,7 @@ impl Tracing {
     }
 
     fn bpftrace(p: &Paths, source: &str) -> anyhow::Result<Self> {
-        let script = p.tmp.join("peer.bt");
+        let script = p.tmp.join("script.bt");
         std::fs::write(&script, source)?;
         let child = Command::new("taskset")
             .args(["-c", "1", "bpftrace"])
@@ -187,21 +188,25 @@ fn per_call(p: &Paths, iters: u64) -> anyhow::Result<()> {
     // Five rounds: thread create+join is noisy here, and a median of 3 once let one bad
     // round through.
     const ROUNDS: usize = 5;
-    // [loop][mode] samples; modes: untraced, tracer, bpftrace, floor.
+    // [loop][mode] samples.
+    const UNTRACED: usize = 0;
+    const TRACER: usize = 1;
+    const PEER: usize = 2;
+    const FLOOR: usize = 3;
     let mut samples = vec![[Vec::new(), Vec::new(), Vec::new(), Vec::new()]; loops.len()];
     for round in 0..ROUNDS {
         eprintln!("bench: per-call round {}/{ROUNDS}", round + 1);
         for (i, &(what, n)) in loops.iter().enumerate() {
-            samples[i][0].push(loop_cpu_ns(p, what, n)?);
+            samples[i][UNTRACED].push(loop_cpu_ns(p, what, n)?);
         }
         {
             let t = Tracing::tracer(p, &p.tmp.join("percall.trc"), &[])?;
             for (i, &(what, n)) in loops.iter().enumerate() {
-                samples[i][1].push(loop_cpu_ns(p, what, n)?);
+                samples[i][TRACER].push(loop_cpu_ns(p, what, n)?);
             }
             t.stop()?;
         }
-        for (mode, source) in [(2, BPFTRACE_SCRIPT), (3, FLOOR_SCRIPT)] {
+        for (mode, source) in [(PEER, BPFTRACE_SCRIPT), (FLOOR, FLOOR_SCRIPT)] {
             let t = Tracing::bpftrace(p, source)?;
             for (i, &(what, n)) in loops.iter().enumerate() {
                 samples[i][mode].push(loop_cpu_ns(p, what, n)?);
@@ -209,7 +214,7 @@ fn per_call(p: &Paths, iters: u64) -> anyhow::Result<()> {
             drop(t);
         }
         for (i, &(what, n)) in loops.iter().enumerate() {
-            samples[i][0].push(loop_cpu_ns(p, what, n)?);
+            samples[i][UNTRACED].push(loop_cpu_ns(p, what, n)?);
         }
     }
     println!(
@@ -230,18 +235,18 @@ fn per_call(p: &Paths, iters: u64) -> anyhow::Result<()> {
     );
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
     for (i, &(what, _)) in loops.iter().enumerate() {
-        let base = median(samples[i][0].clone());
-        let ours = median(samples[i][1].clone());
-        let peer = median(samples[i][2].clone());
-        let floor = median(samples[i][3].clone()) - base;
+        let base = median(samples[i][UNTRACED].clone());
+        let ours = median(samples[i][TRACER].clone());
+        let peer = median(samples[i][PEER].clone());
+        let floor = median(samples[i][FLOOR].clone()) - base;
         let (a, b) = (ours - base, peer - base);
         // The same from each mode's fastest run: the VM's noise (other tenants, kdamond)
         // only ever adds time, and thread creation is where it adds the most.
         let min = |v: &Vec<f64>| v.iter().copied().fold(f64::INFINITY, f64::min);
         let (m0, m1, m2) = (
-            min(&samples[i][0]),
-            min(&samples[i][1]),
-            min(&samples[i][2]),
+            min(&samples[i][UNTRACED]),
+            min(&samples[i][TRACER]),
+            min(&samples[i][PEER]),
         );
         println!(
             "{what:<12} {base:>10.1} {ours:>10.1} {peer:>10.1} {a:>12.1} {b:>12.1} {:>8.2} {:>10.2} {floor:>10.1} {:>12.2}",
