@@ -4,7 +4,7 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Write},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -87,6 +87,47 @@ fn host_wide_sees_a_process_it_did_not_start() {
     assert!(report.processes.len() > 3);
 }
 
+/// A child's stderr, read line by line in the background.
+struct Lines {
+    rx: std::sync::mpsc::Receiver<String>,
+    seen: std::cell::RefCell<Vec<String>>,
+}
+
+impl Lines {
+    fn of(r: impl std::io::Read + Send + 'static) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(r)).map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Self {
+            rx,
+            seen: Default::default(),
+        }
+    }
+
+    /// Waits (at most a minute) for a line containing `what`.
+    fn wait_for(&self, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.seen.borrow().iter().any(|l| l.contains(what)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(l) => self.seen.borrow_mut().push(l),
+                Err(_) => panic!("no `{what}` on stderr: {:?}", self.seen.borrow()),
+            }
+        }
+    }
+
+    /// Every line, once the child has closed its end.
+    fn all(&self) -> String {
+        while let Ok(l) = self.rx.recv_timeout(Duration::from_secs(10)) {
+            self.seen.borrow_mut().push(l);
+        }
+        self.seen.borrow().join("\n")
+    }
+}
+
 /// Waits until `n` threads of `pid` are blocked in a futex wait.
 fn wait_parked(pid: u32, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -108,13 +149,17 @@ fn wait_parked(pid: u32, n: usize) {
 #[test]
 fn pid_mode_sees_threads_parked_before_tracing_started() {
     require_root();
+    // 3 threads parked until told (a line on stdin): their parks outlast however long the
+    // tracer takes to start (seconds under qemu TCG, in the kernel matrix).
     let mut w = Command::new(workload())
-        .args(["park", "3", "2500"])
+        .args(["hold", "3"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
         .spawn()
         .expect("workload");
     let pid = w.id();
     wait_parked(pid, 3);
-    let out = Command::new(tracer_bin())
+    let mut tracer = Command::new(tracer_bin())
         .arg("record")
         .arg("-o")
         .arg(temp_path("pid.trc"))
@@ -125,18 +170,25 @@ fn pid_mode_sees_threads_parked_before_tracing_started() {
             "20",
             "-p",
             &pid.to_string(),
-            "-d",
-            "6",
         ])
-        .output()
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("tracer");
+    let stderr = Lines::of(tracer.stderr.take().expect("piped"));
+    stderr.wait_for("tracing selected processes");
+    std::thread::sleep(Duration::from_millis(600));
+    w.stdin
+        .take()
+        .expect("piped")
+        .write_all(b"go\n")
+        .expect("wake");
     assert!(w.wait().expect("workload").success());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) };
+    let status = tracer.wait().expect("tracer");
+    let stderr = stderr.all();
+    assert!(status.success(), "{stderr}");
     assert!(
         stderr.contains("3 threads were already blocked"),
         "the tracer says what it found blocked: {stderr}"
@@ -154,10 +206,10 @@ fn pid_mode_sees_threads_parked_before_tracing_started() {
     assert_eq!(p.futex_parked_peak, 3, "{p:#?}");
     assert!(
         (3..=6).contains(&p.futex_waits),
-        "the wake-ups of the seeded parks are traced"
+        "the wake-ups of the seeded parks are traced: {p:#?}"
     );
-    assert!(p.futex_park_max_ns >= 500 * MS);
-    assert_eq!(p.threads_exited, 3);
+    assert!(p.futex_park_max_ns >= 500 * MS, "{p:#?}");
+    assert_eq!(p.threads_exited, 3, "{p:#?}");
     assert!(p.exited_ns.is_some());
     assert_eq!(p.exit_code, Some(0));
     // Only that process was traced.
@@ -269,9 +321,10 @@ fn oom_kill_in_a_memory_limited_cgroup() {
 #[test]
 fn a_tracepoint_with_another_layout_is_refused_by_name_and_the_rest_runs() {
     require_root();
-    // A kernel whose oom/mark_victim record differs from what the program reads: in a private
+    // A kernel whose oom/mark_victim record differs from what the programs read: in a private
     // mount namespace, /sys/kernel/tracing shows the real tracepoints (real ids), but
-    // mark_victim's `total_vm` field moved. (A classic tracepoint: the per-thread and
+    // mark_victim's `pid` field moved (so neither the full layout nor the pid-only one of
+    // older kernels matches). (A classic tracepoint: the per-thread and
     // per-fault hooks are BTF tracepoints here, which need no format file.)
     let real = std::path::Path::new("/sys/kernel/tracing");
     if !real.join("events").is_dir() {
@@ -288,7 +341,7 @@ fn a_tracepoint_with_another_layout_is_refused_by_name_and_the_rest_runs() {
         for f in ["format", "id"] {
             let mut text = std::fs::read_to_string(real.join(&rel).join(f)).expect("read");
             if tp.name == "mark_victim" && f == "format" {
-                text = text.replace("total_vm;\toffset:16;", "total_vm;\toffset:48;");
+                text = text.replace(" pid;\toffset:8;", " pid;\toffset:12;");
             }
             std::fs::write(fake.join(&rel).join(f), text).expect("write");
         }
@@ -308,7 +361,7 @@ fn a_tracepoint_with_another_layout_is_refused_by_name_and_the_rest_runs() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("mark_victim") && stderr.contains("offset 48"),
+        stderr.contains("mark_victim") && stderr.contains("offset 12"),
         "the refused probe is named, with why: {stderr}"
     );
     let report = read_report(&file);
@@ -318,7 +371,7 @@ fn a_tracepoint_with_another_layout_is_refused_by_name_and_the_rest_runs() {
         .find(|p| p.name == "tracepoint/oom/mark_victim")
         .expect("mark_victim in the probe list");
     assert!(!oom.attached);
-    assert!(oom.error.as_deref().unwrap_or("").contains("`total_vm`"));
+    assert!(oom.error.as_deref().unwrap_or("").contains("`pid`"));
     assert_eq!(report.probes.iter().filter(|p| !p.attached).count(), 1);
     // The rest ran: threads, parks and exits of the workload are all there.
     let p = report

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::{collections::HashMap, process::Command};
 
 use common::*;
 use tracer::events::Event;
@@ -47,9 +47,9 @@ fn futex_parks_and_thread_lifecycle() {
     assert_eq!(tids.len(), 4);
     assert_eq!(p.exit_code, Some(0));
     assert!(!p.killed);
-    // With BTF every per-thread or per-fault hook is a BTF tracepoint, and no sys_enter
-    // program runs:
-    // sched_switch opens the wait slots, and exit codes come from the task.
+    // With BTF every per-thread or per-fault hook is a BTF tracepoint, and (from 5.15, which
+    // has bpf_task_pt_regs) no sys_enter program runs: sched_switch opens the wait slots, and
+    // exit codes come from the task.
     let names = t.assert_attached(&[
         "tp_btf/sched_switch",
         "tp_btf/sys_exit",
@@ -57,7 +57,8 @@ fn futex_parks_and_thread_lifecycle() {
         "tp_btf/sched_process_exit",
         "tp_btf/rss_stat",
     ]);
-    assert!(!names.iter().any(|n| n.contains("sys_enter")), "{names:?}");
+    let sys_enter = names.iter().any(|n| n.contains("sys_enter"));
+    assert_eq!(sys_enter, !kernel_at_least(5, 15), "{names:?}");
 }
 
 #[test]
@@ -244,7 +245,9 @@ fn poll_and_select_waits() {
     for e in t.events_of(p.pid) {
         if let Event::PollWait(w) = e {
             *by_call.entry(w.syscall).or_default() += 1;
-            assert!(w.hdr.ts_ns - w.start_ns >= ms * MS * 9 / 10);
+            // Timed from the first sleep, not the entry: under qemu TCG (the kernel matrix)
+            // the way from entry to sleep alone can take milliseconds.
+            assert!(w.hdr.ts_ns - w.start_ns >= ms * MS / 2, "{w:?}");
         }
     }
     for call in [
@@ -414,5 +417,41 @@ fn hostile_process_names_are_escaped() {
     assert!(
         procs.iter().any(|p| p["comm"] == name),
         "the name survives, escaped, in JSON"
+    );
+}
+
+#[test]
+fn a_name_cut_inside_a_character_crashes_neither_report_nor_live() {
+    // Escaped, this comm is 17 bytes: a table column cut at byte 16 falls inside the last `é`.
+    let name = "\x01\x01\x01aéé";
+    let escaped = "\\x01\\x01\\x01aéé";
+    let t = record(&[], &[workload(), "rename", name]);
+    assert_eq!(t.status, 0, "{}", t.stderr());
+    let out = run_report(&t.path, &["--all"]);
+    assert!(out.status.success(), "report: {}", stderr_of(&out));
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let row = text
+        .lines()
+        .find(|l| l.contains(&format!(" {escaped} ")))
+        .unwrap_or_else(|| panic!("the comm column holds the escaped name: {text}"));
+    assert!(!row.contains('\x01'), "{row:?}");
+
+    // The live table, while such a process runs (killed after: it must outlast the
+    // tracer's start, seconds under qemu TCG).
+    let mut w = Command::new(workload())
+        .args(["rename", name, "60000"])
+        .spawn()
+        .expect("workload");
+    let live = Command::new(tracer_bin())
+        .args(["live", "-d", "3", "--every", "1", "--rows", "1000"])
+        .output()
+        .expect("tracer live");
+    let _ = w.kill();
+    let _ = w.wait();
+    assert!(live.status.success(), "live: {}", stderr_of(&live));
+    let text = String::from_utf8(live.stdout).expect("utf-8");
+    assert!(
+        text.contains(&format!(" {escaped} ")),
+        "live shows the escaped name: {text}"
     );
 }

@@ -113,13 +113,18 @@ pub const CLONE_VFORK: u64 = 0x0000_4000;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TaskExitEvent {
     pub hdr: EventHeader,
-    /// 1 when this is the last task of its thread group: the process is gone.
+    /// [`GROUP_DEAD_NO`], [`GROUP_DEAD_YES`] (no other task of its thread group is still
+    /// live: the process is ending) or [`GROUP_DEAD_UNKNOWN`] (the kernel's layout is unknown).
     pub group_dead: u32,
     /// `task->exit_code` in wait-status form: `(code << 8)` for an exit, the signal number
     /// (| 0x80 with a core dump) for a death by signal; -1 when the kernel's layout is unknown.
     pub exit_code: i32,
     pub comm: [u8; COMM_LEN],
 }
+
+pub const GROUP_DEAD_NO: u32 = 0;
+pub const GROUP_DEAD_YES: u32 = 1;
+pub const GROUP_DEAD_UNKNOWN: u32 = 2;
 
 /// `sched/sched_process_exec`: the header's process now runs a new program.
 #[repr(C)]
@@ -183,7 +188,8 @@ pub struct MemEvent {
     pub len: u64,
     /// mremap: old length; otherwise 0.
     pub old_len: u64,
-    /// mremap: old address; otherwise 0.
+    /// mremap: old address; brk: the heap's start (`mm->start_brk`, 0 if unknown);
+    /// otherwise 0.
     pub old_addr: u64,
     /// Return value (negative errno on failure).
     pub ret: i64,
@@ -245,7 +251,8 @@ pub const RSS_SWAP: u32 = 2;
 pub const RSS_SHMEM: u32 = 3;
 
 /// `oom/mark_victim`: the OOM killer chose `victim_pid`. The header is the task that ran the
-/// OOM killer, not the victim.
+/// OOM killer, not the victim. Before 5.19 the tracepoint carries only the pid: `flags` then
+/// has [`OOM_PID_ONLY`] and the other fields are 0.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OomEvent {
@@ -258,8 +265,11 @@ pub struct OomEvent {
     pub victim_pid: u32,
     pub uid: u32,
     pub oom_score_adj: i32,
-    pub _pad: u32,
+    pub flags: u32,
 }
+
+/// [`OomEvent::flags`]: the kernel gave only the victim's pid.
+pub const OOM_PID_ONLY: u32 = 1;
 
 const _: () = {
     assert!(size_of::<EventHeader>() == 32);

@@ -12,22 +12,25 @@ pub const EVENTS_BYTES: u32 = 8 << 20;
 /// `BPF_RB_NO_WAKEUP` and the collector polls on a short timer (a wakeup costs ~2 µs here).
 pub const WAKEUP_THRESHOLD_BYTES: u64 = 256 << 10;
 
-/// Threads blocked in a futex wait or a poll-family call right now: a direct-mapped table of
-/// [`WaitSlot`]s indexed by `tid & (WAIT_SLOTS_LEN - 1)`. An array slot costs a few ns where a
-/// hash insert + lookup + delete costs hundreds (shared/perf-floor.md). A slot is taken when
-/// the thread goes to sleep inside such a call (BTF `sched_switch`; without BTF, at syscall
-/// entry, stamped at the sleep) and freed at the call's exit or at task exit; the call is
-/// classified at exit by how long it was parked: no user-memory read of the timeout is
-/// needed (that read alone costs ~190 ns here). The array is mmapable: the collector reads
-/// it in place, without a syscall per entry.
+/// Threads blocked in a futex wait or a poll-family call right now: an array of [`WaitSlot`]s
+/// indexed by tid, sized at load time to the host's `kernel.pid_max` (rounded up to a whole
+/// number of pages; at most 4 194 304, the kernel's limit), so every thread has its own slot:
+/// no collisions, no overflow map, and no cross-CPU race (a slot is written only by its own
+/// thread, on the CPU it runs on, or by the collector for a thread blocked before tracing
+/// started). 16 bytes per possible tid: 512 KiB at the kernel's default pid_max of 32 768,
+/// 64 MiB at systemd's 4 194 304. An array slot costs a few ns where a hash insert + lookup +
+/// delete costs hundreds (shared/perf-floor.md). A slot is taken when the thread goes to sleep
+/// inside such a call (BTF `sched_switch`; without it, at syscall entry, stamped at the sleep)
+/// and freed at the call's exit or at task exit; the call is classified at exit by how long
+/// it was parked: no user-memory read of the timeout is needed (that read alone costs ~190 ns
+/// here). The array is mmapable: the collector reads it in place, without a syscall per
+/// entry. A tid past its end (pid_max raised after the tracer started) is not tracked, and
+/// [`Stat::WaitMapFull`] counts it.
 pub const WAIT_SLOTS: &str = "WAIT_SLOTS";
-pub const WAIT_SLOTS_LEN: u32 = 1 << 17;
-/// Overflow for the rare thread whose slot is held by another blocked thread (tids equal
-/// modulo `WAIT_SLOTS_LEN`): tid → [`WaitSlot`]. Entries leave at syscall exit and task exit.
-/// A plain hash, not LRU: the oldest parks are the interesting ones. When full, the wait is
-/// not tracked and [`Stat::WaitMapFull`] counts it.
-pub const WAITING: &str = "WAITING";
-pub const WAITING_MAX: u32 = 16_384;
+/// The size compiled into the object; the collector sets the real one from pid_max.
+pub const WAIT_SLOTS_DEFAULT_LEN: u32 = 1 << 15;
+/// `PID_MAX_LIMIT` on 64-bit kernels.
+pub const WAIT_SLOTS_MAX_LEN: u32 = 1 << 22;
 
 /// One `u64`, set to 1 by the collector once a `sched_switch` program is attached (the BTF
 /// one opens wait slots itself; the raw one stamps slots `sys_enter` opened). From then on a
@@ -65,12 +68,17 @@ pub struct MemAcc {
     pub tid: u32,
     pub mmap_calls: u32,
     pub munmap_calls: u32,
+    /// 1 while `sys_exit` is adding to the batch: the collector's flush runs in an IPI on
+    /// that CPU and may interrupt it; it leaves a busy batch to the next sample.
+    pub busy: u32,
+    pub _pad: u32,
 }
 
 /// tgids traced when the collector filters (`--pid`, `-- CMD`); children of traced tgids are
-/// added by the kernel at fork, and entries are removed when the process exits. Unused (and
-/// empty) when tracing host-wide. Full: the child is not traced and [`Stat::FilterMapFull`]
-/// counts it.
+/// added by the kernel at fork. An entry is removed by the collector at the first sample after
+/// its process ended (the kernel cannot tell the last exit of a group for sure), and by the
+/// kernel when an untraced creator reuses the pid first. Unused (and empty) when tracing
+/// host-wide. Full: the child is not traced and [`Stat::FilterMapFull`] counts it.
 pub const TRACED: &str = "TRACED";
 pub const TRACED_MAX: u32 = 16_384;
 
@@ -94,30 +102,39 @@ pub mod globals {
     pub const TASK_PID_OFF: &str = "TASK_PID_OFF";
     /// Offset of `task_struct.tgid`, from BTF; 0 if unknown (no `task_rename` hook then).
     pub const TASK_TGID_OFF: &str = "TASK_TGID_OFF";
+    /// `task_struct.signal` and `signal_struct.live` (an `atomic_t`), from BTF: a task exit is
+    /// its process's end when `live` has dropped to 0 (the `group_dead` argument of
+    /// `sched_process_exit` exists only since 6.16). 0 if unknown: the collector then ends a
+    /// process when its last known thread exits.
+    pub const TASK_SIGNAL_OFF: &str = "TASK_SIGNAL_OFF";
+    pub const SIGNAL_LIVE_OFF: &str = "SIGNAL_LIVE_OFF";
+    /// `task_struct.__state` (`state` before 5.14), from BTF: read from the task switched out
+    /// by `sched_switch` (the `prev_state` argument exists only since 5.18).
+    pub const TASK_STATE_OFF: &str = "TASK_STATE_OFF";
     /// `task_struct.mm`, `mm_struct.rss_stat`, `sizeof(struct percpu_counter)` and
     /// `percpu_counter.count`, from BTF, for the BTF `rss_stat` program (not used unless all
     /// are known).
     pub const TASK_MM_OFF: &str = "TASK_MM_OFF";
+    /// `mm_struct.start_brk`, from BTF: sent with every brk event (0 if unknown).
+    pub const MM_START_BRK_OFF: &str = "MM_START_BRK_OFF";
     pub const MM_RSS_STAT_OFF: &str = "MM_RSS_STAT_OFF";
     pub const PCPU_COUNTER_SIZE: &str = "PCPU_COUNTER_SIZE";
     pub const PCPU_COUNT_OFF: &str = "PCPU_COUNT_OFF";
 }
 
-/// A thread in a call that can block: the value of `WAIT_SLOTS` and `WAITING`. `tid` is 0 in a
-/// free slot and is written last, so a reader that sees it non-zero sees the rest. `start_ns`
-/// is 0 while the thread has not slept in the call (see [`SWITCH_HOOKED`]): it is not parked.
+/// A thread in a call that can block: the value of `WAIT_SLOTS` (its tid is the index).
+/// `tgid` is 0 in a free slot and is written last, so a reader that sees it non-zero sees the
+/// rest. `start_ns` is 0 while the thread has not slept in the call (see [`SWITCH_HOOKED`]):
+/// it is not parked. The call's arguments (futex word, op) are read again from the registers
+/// at its exit.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WaitSlot {
     pub start_ns: u64,
-    pub uaddr: u64,
-    pub tid: u32,
     pub tgid: u32,
     /// The syscall number.
     pub syscall: u16,
-    /// futex op (masked) or, for polls, nfds (saturated at 65535).
-    pub op: u16,
-    pub _pad: u32,
+    pub _pad: u16,
 }
 
 /// Value of the `RSS_LAST` map: the mm a slot belongs to and the last emitted size of each of
@@ -131,11 +148,12 @@ pub struct RssLast {
 }
 
 const _: () = {
-    assert!(size_of::<WaitSlot>() == 32);
-    assert!(size_of::<MemAcc>() == 48);
+    assert!(size_of::<WaitSlot>() == 16);
+    // A whole number of pages per 256 slots: the collector rounds the length up to that.
+    assert!(size_of::<WaitSlot>() * 256 == 4096);
+    assert!(size_of::<MemAcc>() == 56);
     assert!(size_of::<RssLast>() == 40);
     assert!(RSS_LAST_LEN.is_power_of_two());
-    assert!(WAIT_SLOTS_LEN.is_power_of_two());
 };
 
 /// Indexes of the per-CPU `STATS` counters. Stable: trace files store them by name, but keep
@@ -145,7 +163,7 @@ const _: () = {
 pub enum Stat {
     /// Events that could not be reserved in the ring buffer: lost.
     Lost = 0,
-    /// Blocked threads not tracked because `WAITING` was full.
+    /// Blocked threads not tracked: their tid is past the end of `WAIT_SLOTS`.
     WaitMapFull,
     /// Children of traced processes not followed because `TRACED` was full.
     FilterMapFull,

@@ -2,7 +2,9 @@
 //!
 //! The kernel programs read fields at these offsets; the collector checks each against the
 //! running kernel's `events/<category>/<name>/format` before attaching, and refuses (by name)
-//! a tracepoint whose layout differs rather than read garbage.
+//! a tracepoint whose layout differs rather than read garbage. A tracepoint whose record
+//! changed across kernel versions has one entry per layout, newest first: the first whose
+//! fields match is used.
 
 /// A field: name, offset in the record, size in bytes.
 pub type Field = (&'static str, usize, usize);
@@ -17,7 +19,6 @@ pub struct Tracepoint {
 
 pub const NEWTASK_PID: usize = 8;
 pub const NEWTASK_CLONE_FLAGS: usize = 32;
-pub const EXIT_GROUP_DEAD: usize = 32;
 pub const EXEC_FILENAME: usize = 8;
 pub const EXEC_OLD_PID: usize = 16;
 pub const RSS_MM_ID: usize = 8;
@@ -42,11 +43,12 @@ pub const ALL: &[Tracepoint] = &[
             ("clone_flags", NEWTASK_CLONE_FLAGS, 8),
         ],
     },
+    // `group_dead` is in the record only since 6.16: the program derives it from the task.
     Tracepoint {
         category: "sched",
         name: "sched_process_exit",
         program: "sched_process_exit",
-        fields: &[("group_dead", EXIT_GROUP_DEAD, 1)],
+        fields: &[],
     },
     Tracepoint {
         category: "sched",
@@ -78,5 +80,12 @@ pub const ALL: &[Tracepoint] = &[
             ("uid", OOM_UID, 4),
             ("oom_score_adj", OOM_SCORE_ADJ, 2),
         ],
+    },
+    // Before 5.19 the record is the victim's pid alone.
+    Tracepoint {
+        category: "oom",
+        name: "mark_victim",
+        program: "mark_victim_pid",
+        fields: &[("pid", OOM_PID, 4)],
     },
 ];

@@ -23,6 +23,7 @@ pub fn add(tgid: u32, tid: u32, mapped: bool, bytes: u64) {
         return;
     };
     let acc = unsafe { &mut *acc };
+    unsafe { core::ptr::write_volatile(&mut acc.busy, 1) };
     if acc.tgid != 0 && (acc.tgid != tgid || acc.mmap_calls + acc.munmap_calls >= MEM_ACC_MAX_CALLS)
     {
         flush(acc);
@@ -32,6 +33,7 @@ pub fn add(tgid: u32, tid: u32, mapped: bool, bytes: u64) {
             first_ns: now_ns(),
             cgroup_id: cgroup_id(),
             tgid,
+            busy: 1,
             ..MemAcc::default()
         };
     }
@@ -43,6 +45,7 @@ pub fn add(tgid: u32, tid: u32, mapped: bool, bytes: u64) {
         acc.munmap_calls += 1;
         acc.munmap_bytes += bytes;
     }
+    unsafe { core::ptr::write_volatile(&mut acc.busy, 0) };
 }
 
 /// Emits and empties this CPU's batch if it belongs to `tgid` (the process is exiting: its
@@ -80,12 +83,14 @@ fn flush(acc: &mut MemAcc) {
 
 /// Never attached: the collector runs it on every CPU (BPF_PROG_TEST_RUN with
 /// BPF_F_TEST_RUN_ON_CPU) at each sample and at the end, so that no batch waits longer than
-/// a sample interval, and none is left behind. (The event's time is then the flush time.)
+/// a sample interval, and none is left behind. (The event's time is then the flush time.) On
+/// another CPU it runs in an IPI, which can interrupt `add` on that CPU halfway: a busy batch
+/// is left for the next flush.
 #[raw_tracepoint(tracepoint = "flush_mem")]
 pub fn flush_mem(_ctx: RawTracePointContext) -> i32 {
     if let Some(acc) = MEM_ACC.get_ptr_mut(0) {
         let acc = unsafe { &mut *acc };
-        if acc.tgid != 0 {
+        if acc.tgid != 0 && unsafe { core::ptr::read_volatile(&acc.busy) } == 0 {
             flush(acc);
         }
     }

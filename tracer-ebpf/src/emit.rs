@@ -15,7 +15,7 @@ use aya_ebpf::{
 use tracer_common::{
     EventHeader, EventKind,
     maps::{
-        EVENTS_BYTES, MemAcc, RSS_LAST_LEN, RssLast, Stat, TRACED_MAX, WAIT_SLOTS_LEN, WAITING_MAX,
+        EVENTS_BYTES, MemAcc, RSS_LAST_LEN, RssLast, Stat, TRACED_MAX, WAIT_SLOTS_DEFAULT_LEN,
         WAKEUP_THRESHOLD_BYTES, WaitSlot,
     },
 };
@@ -24,26 +24,14 @@ use tracer_common::{
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 #[map]
-pub static WAIT_SLOTS: Array<WaitSlot> = Array::with_max_entries(WAIT_SLOTS_LEN, BPF_F_MMAPABLE);
-#[map]
-pub static WAITING: HashMap<u32, WaitSlot> = HashMap::with_max_entries(WAITING_MAX, 0);
-/// Set to 1 the first time `WAITING` is used, never cleared: until then (and for good on hosts
-/// whose pid_max is below `WAIT_SLOTS_LEN`, where tids cannot collide) task exits skip the hash
-/// delete (~700 ns measured). A flag rather than a count: the bpf target has no atomic add.
-#[map]
-pub static WAITING_USED: Array<u64> = Array::with_max_entries(1, 0);
+pub static WAIT_SLOTS: Array<WaitSlot> =
+    Array::with_max_entries(WAIT_SLOTS_DEFAULT_LEN, BPF_F_MMAPABLE);
 #[map]
 pub static SWITCH_HOOKED: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 pub static RSS_LAST: PerCpuArray<RssLast> = PerCpuArray::with_max_entries(RSS_LAST_LEN, 0);
 #[map]
 pub static TRACED: HashMap<u32, u32> = HashMap::with_max_entries(TRACED_MAX, 0);
-/// The tgid that last exec'd on this CPU, until its first `brk(0)`: that query gives the new
-/// program's initial break, the baseline for heap growth. Every other `brk(0)` is only counted.
-/// Per CPU (exec does not migrate between the tracepoint and ld.so's first brk, bar rare
-/// preemption), one slot, overwritten by the next exec: no eviction needed.
-#[map]
-pub static EXEC_PENDING: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static MEM_ACC: PerCpuArray<MemAcc> = PerCpuArray::with_max_entries(1, 0);
 #[map]
@@ -66,7 +54,15 @@ pub static TASK_PID_OFF: u64 = 0;
 #[unsafe(no_mangle)]
 pub static TASK_TGID_OFF: u64 = 0;
 #[unsafe(no_mangle)]
+pub static TASK_SIGNAL_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+pub static SIGNAL_LIVE_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+pub static TASK_STATE_OFF: u64 = 0;
+#[unsafe(no_mangle)]
 pub static TASK_MM_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+pub static MM_START_BRK_OFF: u64 = 0;
 #[unsafe(no_mangle)]
 pub static MM_RSS_STAT_OFF: u64 = 0;
 #[unsafe(no_mangle)]
@@ -209,97 +205,55 @@ pub fn switch_hooked() -> bool {
     flag(&SWITCH_HOOKED)
 }
 
-/// The `WAIT_SLOTS` entry of a tid.
+/// The `WAIT_SLOTS` entry of a tid: its own (None past the end of the array).
 #[inline(always)]
-pub fn wait_slot(tid: u32) -> Option<*mut WaitSlot> {
-    WAIT_SLOTS.get_ptr_mut(tid & (WAIT_SLOTS_LEN - 1))
+fn wait_slot(tid: u32) -> Option<*mut WaitSlot> {
+    WAIT_SLOTS.get_ptr_mut(tid)
 }
 
-/// Where `tid`'s wait state is: its slot, or (`true`) its overflow entry. Only one lookup
-/// path, for taking a state out and for stamping it.
-#[inline(always)]
-fn held_by(tid: u32) -> Option<(*mut WaitSlot, bool)> {
-    if let Some(p) = wait_slot(tid)
-        && unsafe { (*p).tid } == tid
-    {
-        return Some((p, false));
-    }
-    // Not in its slot: in the overflow map (if that was ever used), or not waiting (filtered
-    // out, blocked since before tracing started, or never slept in its call).
-    if !overflow_used() {
-        return None;
-    }
-    WAITING.get_ptr_mut(tid).map(|p| (p, true))
-}
-
-/// Takes the blocked state of `tid` out of its slot (or the overflow map): at the end of its
-/// call, or at its exit.
+/// Takes the blocked state of `tid` out of its slot: at the end of its call, or at its exit.
 #[inline(always)]
 pub fn take_wait(tid: u32) -> Option<WaitSlot> {
-    let (p, overflow) = held_by(tid)?;
+    let p = wait_slot(tid)?;
     let state = unsafe { *p };
-    if overflow {
-        let _ = WAITING.remove(tid);
-    } else {
-        unsafe { core::ptr::write_volatile(&mut (*p).tid, 0) };
+    if state.tgid == 0 {
+        return None;
     }
+    unsafe { core::ptr::write_volatile(&mut (*p).tgid, 0) };
     Some(state)
 }
 
-/// Puts the blocked state of `state.tid` in its slot, or in the overflow map when another
-/// blocked thread holds the slot; false when that map is full too.
+/// Puts the blocked state of `tid` in its slot; false when its tid is past the array.
 #[inline(always)]
-pub fn put_wait(state: &WaitSlot) -> bool {
-    let tid = state.tid;
-    if let Some(p) = wait_slot(tid) {
-        let holder = unsafe { (*p).tid };
-        if holder == 0 || holder == tid {
-            unsafe {
-                (*p).start_ns = state.start_ns;
-                (*p).uaddr = state.uaddr;
-                (*p).tgid = state.tgid;
-                (*p).syscall = state.syscall;
-                (*p).op = state.op;
-                // Last: readers take a non-zero tid as "the rest is valid".
-                core::ptr::write_volatile(&mut (*p).tid, tid);
-            }
-            return true;
-        }
-    }
-    put_overflow(tid, state)
-}
-
-/// Stamps the park start of `tid` if it holds a wait slot (or overflow entry) not yet
-/// stamped; false when it holds none.
-#[inline(always)]
-pub fn mark_parked(tid: u32) -> bool {
-    let Some((p, _)) = held_by(tid) else {
+pub fn put_wait(tid: u32, state: &WaitSlot) -> bool {
+    let Some(p) = wait_slot(tid) else {
         return false;
     };
     unsafe {
+        (*p).start_ns = state.start_ns;
+        (*p).syscall = state.syscall;
+        // Last: readers take a non-zero tgid as "the rest is valid".
+        core::ptr::write_volatile(&mut (*p).tgid, state.tgid);
+    }
+    true
+}
+
+/// Stamps the park start of `tid` if it holds a slot not yet stamped; false when it holds
+/// none.
+#[inline(always)]
+pub fn mark_parked(tid: u32) -> bool {
+    let Some(p) = wait_slot(tid) else {
+        return false;
+    };
+    unsafe {
+        if (*p).tgid == 0 {
+            return false;
+        }
         if (*p).start_ns == 0 {
             core::ptr::write_volatile(&mut (*p).start_ns, now_ns());
         }
     }
     true
-}
-
-/// Adds an overflow entry for `tid`; false when `WAITING` is full.
-#[inline(always)]
-fn put_overflow(tid: u32, state: &WaitSlot) -> bool {
-    if WAITING.insert(tid, state, 0).is_err() {
-        return false;
-    }
-    if let Some(used) = WAITING_USED.get_ptr_mut(0) {
-        unsafe { core::ptr::write_volatile(used, 1) };
-    }
-    true
-}
-
-/// Whether `WAITING` was ever used (see `WAITING_USED`).
-#[inline(always)]
-fn overflow_used() -> bool {
-    flag(&WAITING_USED)
 }
 
 /// A one-entry flag map, read as non-zero.

@@ -1,13 +1,19 @@
 //! Memory beyond the syscalls: RSS (`kmem/rss_stat`) and OOM kills (`oom/mark_victim`).
+//!
+//! `rss_stat` has three programs: the BTF one for 6.2+ (counters read from the mm), the BTF
+//! one for older kernels (the count is an argument), and the classic tracepoint.
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_probe_read_kernel, generated::bpf_get_current_task_btf},
+    helpers::{
+        bpf_probe_read_kernel,
+        generated::{bpf_get_current_task, bpf_get_current_task_btf},
+    },
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tracer_common::{
-    EventKind, OomEvent, RSS_MEMBERS, RssEvent,
+    EventKind, OOM_PID_ONLY, OomEvent, RSS_MEMBERS, RssEvent,
     maps::{RSS_LAST_LEN, RssLast, Stat},
     tracepoints::*,
 };
@@ -59,17 +65,42 @@ pub fn rss_stat_btf(ctx: BtfTracePointContext) -> i32 {
         + member as u64 * global(&PCPU_COUNTER_SIZE)
         + global(&PCPU_COUNT_OFF);
     let count: i64 = unsafe { bpf_probe_read_kernel(at as *const i64) }.unwrap_or(0);
-    // A stable 32-bit id per mm (the classic record's is a keyed hash of the pointer). The
-    // verifier allows no arithmetic on the typed pointer: read its value as a number.
-    let raw: u64 = unsafe { bpf_probe_read_kernel(ctx.as_ptr() as *const u64) }.unwrap_or(0);
-    let mm_id = (raw.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32;
     rss_update(
         task_mm == mm_addr,
         member,
-        mm_id,
+        mm_id(&ctx),
         count.max(0) << PAGE_SHIFT,
     );
     0
+}
+
+/// `rss_stat(struct mm_struct *mm, int member, long count)` (before 6.2, when the counters were
+/// atomics): the count in pages is an argument. Whether `mm` is the current task's is read
+/// through the task (offset from BTF; `bpf_get_current_task_btf` is 5.11+).
+#[btf_tracepoint(function = "rss_stat")]
+pub fn rss_stat_btf_count(ctx: BtfTracePointContext) -> i32 {
+    let mm: *const u8 = ctx.arg(0);
+    let member: u64 = ctx.arg(1);
+    let count: i64 = ctx.arg(2);
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let off = global(&TASK_MM_OFF) as usize;
+    let task_mm: u64 = unsafe { bpf_probe_read_kernel(task.add(off) as *const u64) }.unwrap_or(0);
+    rss_update(
+        task_mm == mm as u64,
+        member as i32,
+        mm_id(&ctx),
+        count.max(0) << PAGE_SHIFT,
+    );
+    0
+}
+
+/// A stable 32-bit id of the mm of a BTF `rss_stat` (the classic record's is a keyed hash of
+/// the pointer). The verifier allows no arithmetic on the typed pointer: its value is read as
+/// a number from the context.
+#[inline(always)]
+fn mm_id(ctx: &BtfTracePointContext) -> u32 {
+    let raw: u64 = unsafe { bpf_probe_read_kernel(ctx.as_ptr() as *const u64) }.unwrap_or(0);
+    (raw.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32
 }
 
 #[inline(always)]
@@ -121,22 +152,55 @@ fn rss_update(curr: bool, member: i32, mm_id: u32, size: i64) {
 
 #[tracepoint(category = "oom", name = "mark_victim")]
 pub fn mark_victim(ctx: TracePointContext) -> u32 {
+    let adj: i16 = field(&ctx, OOM_SCORE_ADJ);
+    oom_victim(
+        &ctx,
+        OomEvent {
+            total_vm_kb: field(&ctx, OOM_TOTAL_VM),
+            anon_rss_kb: field(&ctx, OOM_ANON_RSS),
+            file_rss_kb: field(&ctx, OOM_FILE_RSS),
+            shmem_rss_kb: field(&ctx, OOM_SHMEM_RSS),
+            uid: field(&ctx, OOM_UID),
+            oom_score_adj: adj as i32,
+            flags: 0,
+            ..pid_only()
+        },
+    )
+}
+
+/// `oom/mark_victim` before 5.19: the record is the victim's pid alone.
+#[tracepoint(category = "oom", name = "mark_victim")]
+pub fn mark_victim_pid(ctx: TracePointContext) -> u32 {
+    oom_victim(&ctx, pid_only())
+}
+
+#[inline(always)]
+fn pid_only() -> OomEvent {
+    OomEvent {
+        hdr: Default::default(),
+        total_vm_kb: 0,
+        anon_rss_kb: 0,
+        file_rss_kb: 0,
+        shmem_rss_kb: 0,
+        victim_pid: 0,
+        uid: 0,
+        oom_score_adj: 0,
+        flags: OOM_PID_ONLY,
+    }
+}
+
+/// Emits `ev` (its header and pid filled in here) if the victim is traced.
+#[inline(always)]
+fn oom_victim(ctx: &TracePointContext, ev: OomEvent) -> u32 {
     let (tgid, tid) = pid_tgid();
-    let victim: i32 = field(&ctx, OOM_PID);
+    let victim: i32 = field(ctx, OOM_PID);
     if !traced(victim as u32) {
         return 0;
     }
-    let adj: i16 = field(&ctx, OOM_SCORE_ADJ);
     emit(&OomEvent {
         hdr: header(EventKind::OomVictim, now_ns(), tgid, tid),
-        total_vm_kb: field(&ctx, OOM_TOTAL_VM),
-        anon_rss_kb: field(&ctx, OOM_ANON_RSS),
-        file_rss_kb: field(&ctx, OOM_FILE_RSS),
-        shmem_rss_kb: field(&ctx, OOM_SHMEM_RSS),
         victim_pid: victim as u32,
-        uid: field(&ctx, OOM_UID),
-        oom_score_adj: adj as i32,
-        _pad: 0,
+        ..ev
     });
     0
 }

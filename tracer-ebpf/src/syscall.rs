@@ -12,7 +12,7 @@
 //! never streamed.
 
 use aya_ebpf::{
-    helpers::bpf_probe_read_kernel,
+    helpers::{bpf_probe_read_kernel, generated::bpf_get_current_task},
     macros::{btf_tracepoint, raw_tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
@@ -24,8 +24,8 @@ use tracer_common::{
 
 use crate::batch;
 use crate::emit::{
-    EXEC_PENDING, bump, emit, header, is_self, min_wait_ns, now_ns, pid_tgid, put_wait,
-    switch_hooked, take_wait, traced,
+    MM_START_BRK_OFF, TASK_MM_OFF, bump, emit, global, header, is_self, min_wait_ns, now_ns,
+    pid_tgid, put_wait, switch_hooked, take_wait, traced,
 };
 
 // x86_64 `struct pt_regs` word indexes. The layout is user ABI (ptrace), so fixed offsets are
@@ -103,20 +103,11 @@ pub(crate) fn classify<R: Regs>(id: u32, r: R) -> Call {
 
 /// A wait slot for the current thread's call `id`; `start_ns` 0 until it sleeps.
 #[inline(always)]
-pub(crate) fn wait_slot_for<R: Regs>(
-    id: u32,
-    r: R,
-    tgid: u32,
-    tid: u32,
-    start_ns: u64,
-) -> WaitSlot {
+pub(crate) fn wait_slot_for(id: u32, tgid: u32, start_ns: u64) -> WaitSlot {
     WaitSlot {
         start_ns,
-        uaddr: r.word(DI),
-        tid,
         tgid,
         syscall: id as u16,
-        op: nr::wait_op(id, |i| r.word(ARG_REGS[i])),
         _pad: 0,
     }
 }
@@ -144,7 +135,7 @@ fn on_enter<R: Regs>(r: R, id: u32) {
     }
     // With the sched_switch hook, the start is stamped when the thread first sleeps.
     let start = if switch_hooked() { 0 } else { now_ns() };
-    if !put_wait(&wait_slot_for(id, r, tgid, tid, start)) {
+    if !put_wait(tid, &wait_slot_for(id, tgid, start)) {
         bump(Stat::WaitMapFull);
     }
 }
@@ -180,18 +171,17 @@ fn end_wait<R: Regs>(id: u32, r: R, ret: i64) {
         bump(short);
         return;
     }
-    let state = match slot {
-        Some(s) => s,
-        None if traced(tgid) => wait_slot_for(id, r, tgid, tid, now),
-        None => return,
-    };
+    if slot.is_none() && !traced(tgid) {
+        return;
+    }
+    // The arguments are still in the saved registers at exit.
     emit(&WaitEvent {
         hdr: header(kind, now, tgid, tid),
         start_ns: if start == 0 { now } else { start },
-        uaddr: state.uaddr,
+        uaddr: r.word(DI),
         ret,
-        syscall: state.syscall as u32,
-        op: state.op as u32,
+        syscall: id,
+        op: nr::wait_op(id, |i| r.word(ARG_REGS[i])) as u32,
     });
 }
 
@@ -215,7 +205,8 @@ fn on_mem_exit<R: Regs>(id: u32, r: R, ret: i64) {
         return;
     }
     let (di, si) = (r.word(DI), r.word(SI));
-    if id == nr::BRK && di == 0 && !first_brk_after_exec() {
+    // The heap start comes with every brk event (see `start_brk`): queries are only counted.
+    if id == nr::BRK && di == 0 {
         bump(Stat::BrkQueries);
         return;
     }
@@ -273,6 +264,7 @@ fn on_mem_exit<R: Regs>(id: u32, r: R, ret: i64) {
             MemEvent {
                 addr: ret as u64,
                 len: di,
+                old_addr: start_brk(),
                 ..mem_event()
             },
         ),
@@ -284,18 +276,24 @@ fn on_mem_exit<R: Regs>(id: u32, r: R, ret: i64) {
     });
 }
 
-/// True once for the first `brk(0)` of a freshly exec'd process on this CPU (see
-/// `EXEC_PENDING`). The thread id is read only when an exec is pending here: the common
-/// `brk(0)` costs one inlined per-CPU lookup.
+/// The current process's `mm->start_brk`, the start of its heap (0 if unknown): with it each
+/// brk event tells the heap's size by itself, whatever events were lost before it (an exec
+/// that was lost no longer makes the parent's break the new program's baseline). Read by
+/// probe reads (offsets from BTF): brk moves are rare, and this works on every kernel.
 #[inline(always)]
-fn first_brk_after_exec() -> bool {
-    match EXEC_PENDING.get_ptr_mut(0) {
-        Some(slot) if unsafe { *slot } != 0 && unsafe { *slot } == pid_tgid().0 => {
-            unsafe { *slot = 0 };
-            true
-        }
-        _ => false,
+fn start_brk() -> u64 {
+    let (mm_off, brk_off) = (global(&TASK_MM_OFF), global(&MM_START_BRK_OFF));
+    if mm_off == 0 || brk_off == 0 {
+        return 0;
     }
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let Ok(mm) = (unsafe { bpf_probe_read_kernel(task.add(mm_off as usize) as *const u64) }) else {
+        return 0;
+    };
+    if mm == 0 {
+        return 0;
+    }
+    unsafe { bpf_probe_read_kernel((mm + brk_off) as *const u64) }.unwrap_or(0)
 }
 
 #[inline(always)]

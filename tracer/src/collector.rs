@@ -159,8 +159,11 @@ fn note_cgroup(
     sink: &mut Sink,
     id: u64,
 ) -> anyhow::Result<()> {
-    if !model.cgroup_known(id) {
-        let path = cgroups.resolve(id).unwrap_or_default();
+    // Unresolved (a cgroup created and removed between two walks): it shows as `cgroup:<id>`,
+    // and the next event of that id tries again (a walk is at most once a second).
+    if !model.cgroup_known(id)
+        && let Some(path) = cgroups.resolve(id)
+    {
         sink.meta(&Meta::Cgroup {
             id,
             path: path.clone(),
@@ -191,31 +194,59 @@ impl Session {
         self.probes.flush_batches();
         self.drain()?;
         let now = monotonic_ns();
-        let waits = wait_snapshot(self.probes.waiting().into_iter(), now, self.min_wait_ns);
+        let stats = match self.probes.stats() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!("reading kernel counters: {e}");
+                None
+            }
+        };
+        let lost_before = self.last_stats.as_ref().map_or(0, |s| s.get(Stat::Lost));
+        let lost = stats.as_ref().map_or(0, |s| s.get(Stat::Lost));
+        if lost > lost_before {
+            tracing::warn!(
+                "{} events lost in the kernel (ring buffer full) since the last sample: \
+                 re-reading the live processes' threads from /proc",
+                lost - lost_before
+            );
+            self.reconcile(now)?;
+        }
+        let waiting = self.probes.waiting(self.model.live_tids());
+        let waits = wait_snapshot(waiting.into_iter(), now, self.min_wait_ns);
         self.model.apply_waits(now, &waits);
+        // Ended processes leave the kernel's filter (drained every sample: bounded).
+        for pid in self.model.take_ended() {
+            self.probes.untrace_pid(pid);
+        }
         self.sink.meta(&Meta::Waits {
             ts_ns: now,
             processes: waits,
         })?;
-        match self.probes.stats() {
-            Ok(stats) => {
-                let lost_before = self.last_stats.as_ref().map_or(0, |s| s.get(Stat::Lost));
-                if stats.get(Stat::Lost) > lost_before {
-                    tracing::warn!(
-                        "{} events lost in the kernel (ring buffer full) since the last sample",
-                        stats.get(Stat::Lost) - lost_before
-                    );
-                }
-                self.sink.meta(&Meta::Stats {
-                    ts_ns: now,
-                    counters: stats.to_map(),
-                })?;
-                self.last_stats = Some(stats);
-            }
-            Err(e) => tracing::warn!("reading kernel counters: {e}"),
+        if let Some(stats) = stats {
+            self.sink.meta(&Meta::Stats {
+                ts_ns: now,
+                counters: stats.to_map(),
+            })?;
+            self.last_stats = Some(stats);
         }
         self.model.compact();
         self.sink.flush()
+    }
+
+    /// After lost events the model's live threads may count threads whose exits were lost:
+    /// each live process's threads are re-read from /proc and recorded, so that a report of
+    /// the file reconciles at the same point.
+    fn reconcile(&mut self, now: u64) -> anyhow::Result<()> {
+        for pid in self.model.live_pids() {
+            let tids = seed::tids(pid);
+            self.sink.meta(&Meta::Threads {
+                ts_ns: now,
+                pid,
+                tids: tids.clone(),
+            })?;
+            self.model.reconcile(pid, &tids, now);
+        }
+        Ok(())
     }
 }
 
@@ -243,7 +274,7 @@ fn seed_blocked(probes: &Probes, seeds: &[crate::tracefile::ProcessSeed]) -> usi
             let Some(slot) = seed::blocked(p.pid, tid, now) else {
                 continue;
             };
-            if !probes.slots.insert(slot) {
+            if !probes.slots.insert(tid, slot) {
                 continue;
             }
             if seed::blocked(p.pid, tid, now).is_some_and(|again| again.syscall == slot.syscall) {
@@ -257,12 +288,13 @@ fn seed_blocked(probes: &Probes, seeds: &[crate::tracefile::ProcessSeed]) -> usi
 }
 
 /// Runs one tracing session until the duration ends, the command exits, or SIGINT/SIGTERM.
-/// `on_sample` is called with the model after every sample (the live view).
+/// `on_sample` is called with the model every `print_every` (the live view) and at the end; it
+/// returns false to stop the session (its output was closed): the file is finished as usual.
 pub async fn run(
     opts: SessionOptions,
-    mut on_sample: impl FnMut(&Model, Duration),
+    mut on_sample: impl FnMut(&Model, Duration) -> bool,
 ) -> anyhow::Result<Outcome> {
-    crate::probes::require_root()?;
+    crate::probes::require_privileges()?;
     for &pid in &opts.pids {
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             bail!(
@@ -311,6 +343,7 @@ pub async fn run(
         last_stats: None,
     };
     s.model.min_wait_ns = cfg.min_wait_ns;
+    s.model.track_ended = filter;
 
     let mut pids = opts.pids.clone();
     for &pid in &pids {
@@ -365,6 +398,8 @@ pub async fn run(
             tids: vec![*pid],
             rss_bytes: 0,
             brk: None,
+            start_brk: None,
+            seen_ns: monotonic_ns(),
         });
     }
     for seed in &seeds {
@@ -419,7 +454,11 @@ pub async fn run(
             }
             _ = drain_tick.tick() => s.drain()?,
             _ = sample_tick.tick() => { s.drain()?; s.sample()?; }
-            _ = print_tick.tick(), if printing => on_sample(&s.model, started.elapsed()),
+            _ = print_tick.tick(), if printing => {
+                if !on_sample(&s.model, started.elapsed()) {
+                    break ("output closed".to_owned(), None);
+                }
+            }
             _ = sigint.recv() => break ("interrupted (SIGINT)".to_owned(), None),
             _ = sigterm.recv() => break ("terminated (SIGTERM)".to_owned(), None),
             _ = async { tokio::time::sleep_until(deadline.expect("set")).await }, if deadline.is_some() => {
@@ -446,7 +485,9 @@ pub async fn run(
         exit_code,
     })?;
     s.sink.flush()?;
-    on_sample(&s.model, started.elapsed());
+    if reason != "output closed" {
+        on_sample(&s.model, started.elapsed());
+    }
     let lost =
         stats.get(Stat::Lost) + stats.get(Stat::WaitMapFull) + stats.get(Stat::FilterMapFull);
     let (events, bytes) = s

@@ -26,9 +26,32 @@ pub fn term(s: &str) -> String {
     out
 }
 
+/// [`term`], cut to at most `width` characters for a table column (on a character boundary,
+/// never inside one; a cut string ends in `…`).
+pub fn term_cut(s: &str, width: usize) -> String {
+    let escaped = term(s);
+    if escaped.chars().count() <= width {
+        return escaped;
+    }
+    let mut out: String = escaped.chars().take(width.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
 #[cfg(test)]
 mod tests {
-    use super::term;
+    use super::{term, term_cut};
+
+    #[test]
+    fn cuts_on_character_boundaries() {
+        // 3 control bytes escape to 12 characters, then two 2-byte characters: byte 16 falls
+        // inside the second `é`.
+        let name = "\x01\x01\x01aéé";
+        assert_eq!(term_cut(name, 16), "\\x01\\x01\\x01aéé");
+        assert_eq!(term_cut(name, 14), "\\x01\\x01\\x01a…");
+        assert_eq!(term_cut("short", 16), "short");
+        assert_eq!(term_cut("ééééé", 3), "éé…");
+    }
 
     #[test]
     fn neutralises_escape_sequences() {

@@ -1,6 +1,12 @@
 //! The `tracer` command line: a thin clap layer over the library.
 
-use std::{fs::File, io::BufReader, path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    fs::File,
+    io::{BufReader, ErrorKind, Write},
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -102,11 +108,29 @@ enum Format {
     Json,
 }
 
+/// The longest duration accepted: a year (timers past that overflow nowhere, but no trace
+/// needs it).
+const MAX_SECS: f64 = 365.0 * 24.0 * 3600.0;
+
 fn secs(v: Option<f64>, what: &str) -> anyhow::Result<Option<Duration>> {
     match v {
         None => Ok(None),
-        Some(s) if s.is_finite() && s > 0.0 => Ok(Some(Duration::from_secs_f64(s))),
-        Some(s) => bail!("{what} must be a positive number of seconds, got {s}"),
+        Some(s) if s.is_finite() && s > 0.0 && s <= MAX_SECS => {
+            Ok(Some(Duration::from_secs_f64(s)))
+        }
+        Some(s) => bail!(
+            "{what} must be a number of seconds above 0 and at most {MAX_SECS} (a year), got {s}"
+        ),
+    }
+}
+
+/// Writes to stdout; `Ok(false)` when stdout was closed (`| head`), a normal way to stop.
+fn out(text: &str) -> anyhow::Result<bool> {
+    let mut o = std::io::stdout().lock();
+    match o.write_all(text.as_bytes()).and_then(|()| o.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e).context("writing to stdout"),
     }
 }
 
@@ -168,13 +192,20 @@ fn run() -> anyhow::Result<ExitCode> {
             let outcome = runtime()?.block_on(collector::run(opts, |model, elapsed| {
                 let live = report::live_rows(model);
                 let refs: Vec<_> = live.iter().collect();
-                println!(
-                    "--- {:.0}s: {} processes, {} threads live",
+                let text = format!(
+                    "--- {:.0}s: {} processes, {} threads live\n{}",
                     elapsed.as_secs_f64(),
                     model.live_processes(),
-                    model.live_threads()
+                    model.live_threads(),
+                    report::render_table(&refs, rows)
                 );
-                print!("{}", report::render_table(&refs, rows));
+                match out(&text) {
+                    Ok(open) => open,
+                    Err(e) => {
+                        tracing::error!("{e:#}: stopping");
+                        false
+                    }
+                }
             }))?;
             summarize(&outcome, None);
             Ok(ExitCode::SUCCESS)
@@ -191,7 +222,7 @@ fn run() -> anyhow::Result<ExitCode> {
             opts.duration = secs(duration, "--duration")?;
             opts.pids = pids;
             opts.command = command;
-            let outcome = runtime()?.block_on(collector::run(opts, |_, _| {}))?;
+            let outcome = runtime()?.block_on(collector::run(opts, |_, _| true))?;
             summarize(&outcome, Some(&output));
             Ok(match outcome.exit_code {
                 Some(c) => ExitCode::from(c.clamp(0, 255) as u8),
@@ -206,13 +237,18 @@ fn run() -> anyhow::Result<ExitCode> {
             if let Some(t) = &r.truncated {
                 eprintln!("tracer: warning: {}: {t}", file.display());
             }
-            match format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&r)?),
-                Format::Text => print!(
-                    "{}",
-                    report::render_text(&r, if all { usize::MAX } else { 40 })
-                ),
+            if r.skipped_records > 0 {
+                eprintln!(
+                    "tracer: warning: {}: {} corrupt records skipped",
+                    file.display(),
+                    r.skipped_records
+                );
             }
+            let text = match format {
+                Format::Json => serde_json::to_string_pretty(&r)? + "\n",
+                Format::Text => report::render_text(&r, if all { usize::MAX } else { 40 }),
+            };
+            out(&text)?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde::Serialize;
-use tracer_common::{CLONE_THREAD, RSS_MEMBERS, RSS_SWAP};
+use tracer_common::{CLONE_THREAD, GROUP_DEAD_UNKNOWN, GROUP_DEAD_YES, RSS_MEMBERS, RSS_SWAP};
 
 use crate::{
     events::{Event, cstr},
@@ -63,6 +63,10 @@ pub struct ProcessSummary {
     pub brk_shrink_bytes: u64,
     pub rss_bytes: u64,
     pub rss_peak_bytes: u64,
+    /// Events were lost in the kernel while this process was traced: its counts are lower
+    /// bounds, its live threads were re-read from /proc, and its thread peak is the one from
+    /// before the loss (or the re-read count).
+    pub events_lost: bool,
 }
 
 impl ProcessSummary {
@@ -89,11 +93,23 @@ struct Process {
     sum: ProcessSummary,
     /// Live thread ids (creators are in the NewTask events of the trace).
     threads: HashSet<u32>,
+    /// The last known break, and the heap start it belongs to (a new one: a new program).
     brk: Option<u64>,
+    brk_start: Option<u64>,
     rss: [i64; RSS_MEMBERS],
     rss_known: bool,
     exit_called: bool,
+    /// `threads_peak` at the last sample: what a loss rolls back to (the peak since may count
+    /// threads whose exits were lost).
+    peak_checkpoint: u32,
+    /// Set when a task exit said no other task of the group is live: the process ends when
+    /// its last known thread has exited, or (exits lost) at the first sample after
+    /// [`DYING_GRACE_NS`].
+    dying_since: Option<u64>,
 }
+
+/// How long a dying process may wait for the exits of threads the model still counts.
+pub const DYING_GRACE_NS: u64 = 500_000_000;
 
 impl Process {
     fn new(pid: u32, ts: u64) -> Self {
@@ -106,10 +122,12 @@ impl Process {
         p
     }
 
-    fn add_thread(&mut self, tid: u32) {
-        self.threads.insert(tid);
+    /// Adds a live thread; false if it was already known.
+    fn add_thread(&mut self, tid: u32) -> bool {
+        let new = self.threads.insert(tid);
         self.sum.threads_live = self.threads.len() as u32;
         self.sum.threads_peak = self.sum.threads_peak.max(self.sum.threads_live);
+        new
     }
 
     fn set_rss(&mut self, member: usize, bytes: i64) {
@@ -149,6 +167,10 @@ pub struct Model {
     pub host: HostCounters,
     pub last_ts: u64,
     pub min_wait_ns: u64,
+    /// Pids of processes that ended since the last [`Model::take_ended`], when
+    /// `track_ended` is set (the live collector's filter: their kernel-side entry goes).
+    ended: Vec<u32>,
+    pub track_ended: bool,
 }
 
 impl Model {
@@ -165,11 +187,23 @@ impl Model {
             host: HostCounters::default(),
             last_ts: 0,
             min_wait_ns: 0,
+            ended: Vec::new(),
+            track_ended: false,
         }
+    }
+
+    /// The pids that ended since the last call (see `track_ended`).
+    pub fn take_ended(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.ended)
     }
 
     pub fn live_processes(&self) -> usize {
         self.procs.len()
+    }
+
+    /// Every thread the model knows alive (seeded or created, not yet exited).
+    pub fn live_tids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.procs.values().flat_map(|p| p.threads.iter().copied())
     }
 
     pub fn live_threads(&self) -> usize {
@@ -192,6 +226,7 @@ impl Model {
     }
 
     pub fn seed(&mut self, s: &ProcessSeed, ts: u64) {
+        let ts = if s.seen_ns != 0 { s.seen_ns } else { ts };
         let mut p = Process::new(s.pid, ts);
         p.sum.ppid = s.ppid;
         p.sum.comm = s.comm.clone();
@@ -201,6 +236,7 @@ impl Model {
             p.add_thread(tid);
         }
         p.brk = s.brk;
+        p.brk_start = s.start_brk;
         p.sum.rss_bytes = s.rss_bytes;
         p.sum.rss_peak_bytes = s.rss_bytes;
         self.replace(s.pid, p, ts);
@@ -215,6 +251,9 @@ impl Model {
     }
 
     fn finish(&mut self, mut p: Process, ts: u64) {
+        if self.track_ended {
+            self.ended.push(p.sum.pid);
+        }
         p.sum.exited_ns.get_or_insert(ts);
         p.sum.threads_live = 0;
         p.sum.futex_parked_now = 0;
@@ -249,13 +288,18 @@ impl Model {
     }
 
     /// The process of `pid`, created on first sight (a process that started before tracing
-    /// and was not seeded, or whose birth fell outside the filter).
+    /// and was not seeded, or whose birth fell outside the filter). `cgroup_id` is that of an
+    /// event the process itself caused: a process moved to another cgroup after its fork
+    /// (runc, systemd) follows.
     fn proc_mut(&mut self, pid: u32, cgroup_id: u64, ts: u64) -> &mut Process {
-        self.procs.entry(pid).or_insert_with(|| {
-            let mut p = Process::new(pid, ts);
+        let p = self
+            .procs
+            .entry(pid)
+            .or_insert_with(|| Process::new(pid, ts));
+        if cgroup_id != 0 {
             p.sum.cgroup_id = cgroup_id;
-            p
-        })
+        }
+        p
     }
 
     pub fn apply(&mut self, ev: &Event) {
@@ -274,55 +318,81 @@ impl Model {
                 }
                 if e.clone_flags & CLONE_THREAD != 0 {
                     let p = self.proc_mut(e.child_tgid, h.cgroup_id, ts);
-                    p.add_thread(e.child_tid);
-                    p.sum.threads_created += 1;
+                    // Already known: found in /proc (at the start, or re-read after a loss)
+                    // before its creation event was drained, and counted then.
+                    if p.add_thread(e.child_tid) {
+                        p.sum.threads_created += 1;
+                    }
                 } else {
                     let (ppid, comm, brk) = {
                         let parent = self.proc_mut(h.tgid, h.cgroup_id, ts);
                         parent.sum.children_created += 1;
-                        (h.tgid, cstr(&e.comm), parent.brk)
+                        (h.tgid, cstr(&e.comm), (parent.brk, parent.brk_start))
                     };
+                    // The programs run before the /proc scan: the birth of a process the scan
+                    // then found is that process's, not a reuse of its pid.
+                    if let Some(seeded) = self.procs.get_mut(&e.child_tgid)
+                        && seeded.sum.seeded
+                        && ts <= seeded.sum.first_seen_ns
+                    {
+                        seeded.sum.ppid = ppid;
+                        return;
+                    }
                     let mut child = Process::new(e.child_tgid, ts);
                     child.sum.ppid = ppid;
                     child.sum.comm = comm;
                     child.sum.cgroup_id = h.cgroup_id;
                     // fork copies the address space, break included.
-                    child.brk = brk;
+                    (child.brk, child.brk_start) = brk;
                     self.replace(e.child_tgid, child, ts);
                 }
             }
             Event::TaskExit(e) => {
-                if let Some(p) = self.procs.get_mut(&h.tgid) {
-                    if h.tid == h.tgid {
-                        p.sum.comm = cstr(&e.comm);
-                    }
-                    p.threads.remove(&h.tid);
-                    if h.tid != h.tgid {
-                        p.sum.threads_exited += 1;
-                    }
-                    p.sum.threads_live = p.threads.len() as u32;
-                    if e.group_dead != 0 {
-                        let mut p = self.procs.remove(&h.tgid).expect("present");
-                        // Wait-status form: low 7 bits the signal, else the code in bits 8-15.
-                        if e.exit_code >= 0 {
-                            let sig = e.exit_code & 0x7f;
-                            if sig != 0 {
-                                p.sum.signal = Some(sig);
-                                p.exit_called = false;
-                            } else {
-                                p.sum.exit_code = Some((e.exit_code >> 8) & 0xff);
-                                p.exit_called = true;
-                            }
+                let Some(p) = self.procs.get_mut(&h.tgid) else {
+                    return;
+                };
+                if h.tid == h.tgid {
+                    p.sum.comm = cstr(&e.comm);
+                }
+                if h.cgroup_id != 0 {
+                    p.sum.cgroup_id = h.cgroup_id;
+                }
+                // Only a thread the model knew (created or seeded): after lost events, exits
+                // never outnumber what was seen alive.
+                if p.threads.remove(&h.tid) && h.tid != h.tgid {
+                    p.sum.threads_exited += 1;
+                }
+                p.sum.threads_live = p.threads.len() as u32;
+                if e.group_dead == GROUP_DEAD_YES && p.dying_since.is_none() {
+                    p.dying_since = Some(ts);
+                    // Wait-status form: low 7 bits the signal, else the code in bits 8-15.
+                    if e.exit_code >= 0 {
+                        let sig = e.exit_code & 0x7f;
+                        if sig != 0 {
+                            p.sum.signal = Some(sig);
+                            p.exit_called = false;
+                        } else {
+                            p.sum.exit_code = Some((e.exit_code >> 8) & 0xff);
+                            p.exit_called = true;
                         }
-                        self.finish(p, ts);
                     }
+                }
+                let last = p.threads.is_empty();
+                if last && (p.dying_since.is_some() || e.group_dead == GROUP_DEAD_UNKNOWN) {
+                    let p = self.procs.remove(&h.tgid).expect("present");
+                    self.finish(p, ts);
                 }
             }
             Event::Exec(e) => {
                 let p = self.proc_mut(h.tgid, h.cgroup_id, ts);
-                p.sum.comm = cstr(&e.comm);
                 p.sum.exe = Some(cstr(&e.filename));
                 p.sum.execs += 1;
+                // An exec from before the /proc scan: the seed already shows what came after
+                // it (names, threads, memory).
+                if p.sum.seeded && ts <= p.sum.first_seen_ns {
+                    return;
+                }
+                p.sum.comm = cstr(&e.comm);
                 // exec leaves one thread, under the tgid; others were killed (their exits came
                 // as events), and a non-leader that exec'd took over the leader's id.
                 p.threads.retain(|&tid| tid == h.tgid);
@@ -330,6 +400,7 @@ impl Model {
                 p.sum.threads_live = p.threads.len() as u32;
                 // A new program gets a new address space and break.
                 p.brk = None;
+                p.brk_start = None;
                 p.rss = [0; RSS_MEMBERS];
                 p.sum.rss_bytes = 0;
                 p.sum.rss_peak_bytes = 0;
@@ -339,6 +410,7 @@ impl Model {
                 // which may be another process: only known processes are renamed.
                 if h.tid == h.tgid
                     && let Some(p) = self.procs.get_mut(&h.tgid)
+                    && !(p.sum.seeded && ts <= p.sum.first_seen_ns)
                 {
                     p.sum.comm = cstr(&e.comm);
                 }
@@ -384,6 +456,13 @@ impl Model {
             }
             Event::Brk(e) => {
                 let p = self.proc_mut(h.tgid, h.cgroup_id, ts);
+                // Each event names its heap's start: another start is another program (its
+                // exec may have been lost), whose heap grew from that start.
+                let start = e.old_addr;
+                if start != 0 && p.brk_start != Some(start) {
+                    p.brk_start = Some(start);
+                    p.brk = Some(start);
+                }
                 if let Some(prev) = p.brk {
                     if e.addr >= prev {
                         p.sum.brk_growth_bytes += e.addr - prev;
@@ -431,11 +510,59 @@ impl Model {
         }
     }
 
-    /// Applies a snapshot of the threads blocked right now.
+    /// After lost events: the live threads of `pid`, re-read from `/proc/<pid>/task` (empty:
+    /// the process is gone, its exit lost). Its live set becomes that; its peak is rolled back
+    /// to the last sample's (or this count, if higher), since the peak since then may count
+    /// threads whose exits were lost.
+    pub fn reconcile(&mut self, pid: u32, tids: &[u32], ts: u64) {
+        let Some(p) = self.procs.get_mut(&pid) else {
+            return;
+        };
+        p.sum.events_lost = true;
+        if tids.is_empty() {
+            let mut p = self.procs.remove(&pid).expect("present");
+            // How it ended is unknown: neither an exit code nor a kill is claimed.
+            p.exit_called = true;
+            p.sum.exit_code = None;
+            self.finish(p, ts);
+            return;
+        }
+        // Threads alive now that the model did not know were created during the trace (the
+        // scan at start listed every thread then): their creation was lost, not made up.
+        let unseen = tids
+            .iter()
+            .filter(|&&t| t != pid && !p.threads.contains(&t))
+            .count();
+        p.sum.threads_created += unseen as u64;
+        p.threads = tids.iter().copied().collect();
+        p.sum.threads_live = p.threads.len() as u32;
+        p.sum.threads_peak = p.peak_checkpoint.max(p.sum.threads_live);
+    }
+
+    /// Pids of the live processes.
+    pub fn live_pids(&self) -> Vec<u32> {
+        self.procs.keys().copied().collect()
+    }
+
+    /// Applies a snapshot of the threads blocked right now (taken at every sample), and ends
+    /// the processes that have been dying for longer than [`DYING_GRACE_NS`]: the exits of
+    /// threads they still count were lost.
     pub fn apply_waits(&mut self, ts: u64, waits: &[WaitAggregate]) {
+        let overdue: Vec<u32> = self
+            .procs
+            .iter()
+            .filter(|(_, p)| p.dying_since.is_some_and(|d| d + DYING_GRACE_NS < ts))
+            .map(|(&pid, _)| pid)
+            .collect();
+        for pid in overdue {
+            let p = self.procs.remove(&pid).expect("present");
+            let at = p.dying_since.unwrap_or(ts);
+            self.finish(p, at);
+        }
         for p in self.procs.values_mut() {
             p.sum.futex_parked_now = 0;
             p.sum.poll_waiting_now = 0;
+            p.peak_checkpoint = p.sum.threads_peak;
         }
         for w in waits {
             let Some(p) = self.procs.get_mut(&w.pid) else {
@@ -565,6 +692,128 @@ mod tests {
     }
 
     #[test]
+    fn a_group_exit_ends_the_process_at_its_last_known_thread() {
+        let mut m = Model::new(10);
+        m.apply(&newtask(1, 1, 100, false));
+        for t in 0..3 {
+            m.apply(&newtask(2, 100, 101 + t, true));
+        }
+        // exit_group on 2 CPUs: a thread that sees `live` at 0 is not always the last whose
+        // exit reaches us, and two may both see it.
+        m.apply(&exit(3, 100, 101, false));
+        m.apply(&exit(3, 100, 102, true));
+        assert!(m.is_live(100), "two threads have not exited yet");
+        m.apply(&exit(4, 100, 100, true));
+        m.apply(&exit(5, 100, 103, false));
+        assert!(!m.is_live(100));
+        let s = find(&m, 100);
+        assert_eq!((s.threads_created, s.threads_exited), (3, 3));
+        assert_eq!(s.exited_ns, Some(5));
+    }
+
+    #[test]
+    fn a_dying_process_whose_exits_were_lost_ends_at_a_later_sample() {
+        let mut m = Model::new(10);
+        m.apply(&newtask(1, 1, 100, false));
+        m.apply(&newtask(2, 100, 101, true));
+        m.apply(&exit(10, 100, 100, true)); // 101's exit is lost
+        m.apply_waits(10 + DYING_GRACE_NS / 2, &[]);
+        assert!(m.is_live(100), "within the grace period");
+        m.apply_waits(11 + DYING_GRACE_NS, &[]);
+        assert!(!m.is_live(100));
+        let s = find(&m, 100);
+        assert_eq!(s.exited_ns, Some(10), "ended when its group died");
+        assert_eq!(s.threads_exited, 0, "a lost exit is not made up");
+    }
+
+    #[test]
+    fn after_a_loss_the_peak_is_a_lower_bound() {
+        let mut m = Model::new(10);
+        m.apply(&newtask(1, 1, 100, false));
+        for t in 0..3 {
+            m.apply(&newtask(2, 100, 101 + t, true));
+        }
+        m.apply_waits(3, &[]); // a sample: peak 4
+        // Threads churn; the exits of 101-103 are lost, then 3 more are born.
+        for t in 0..3 {
+            m.apply(&newtask(4, 100, 201 + t, true));
+        }
+        assert_eq!(
+            find(&m, 100).threads_peak,
+            7,
+            "inflated by exits that were lost"
+        );
+        // The next sample sees the loss and re-reads /proc: 1 + 3 threads alive.
+        m.reconcile(100, &[100, 201, 202, 203, 204], 5);
+        let s = find(&m, 100);
+        assert_eq!((s.threads_live, s.threads_peak), (5, 5));
+        assert!(s.events_lost);
+        assert_eq!(
+            s.threads_created, 7,
+            "every creation seen, and 204 whose creation was lost"
+        );
+        // Gone from /proc: it ended, how is not known.
+        m.reconcile(100, &[], 6);
+        let s = find(&m, 100);
+        assert_eq!(s.exited_ns, Some(6));
+        assert!(!s.killed && s.exit_code.is_none() && s.signal.is_none());
+    }
+
+    #[test]
+    fn exits_of_unknown_threads_are_not_counted() {
+        let mut m = Model::new(10);
+        m.apply(&newtask(1, 1, 100, false));
+        m.apply(&newtask(2, 100, 101, true));
+        // 102's creation was lost: its exit must not push exits past creations.
+        m.apply(&exit(3, 100, 102, false));
+        m.apply(&exit(3, 100, 101, false));
+        let s = find(&m, 100);
+        assert_eq!((s.threads_created, s.threads_exited), (1, 1));
+    }
+
+    #[test]
+    fn the_birth_of_a_seeded_process_does_not_end_it() {
+        let mut m = Model::new(10);
+        m.seed(
+            &ProcessSeed {
+                pid: 100,
+                tids: vec![100],
+                seen_ns: 50,
+                ..Default::default()
+            },
+            10,
+        );
+        // Its creation happened after the probes attached, before the /proc scan.
+        m.apply(&newtask(40, 1, 100, false));
+        let all: Vec<_> = m.summaries().into_iter().filter(|s| s.pid == 100).collect();
+        assert_eq!(all.len(), 1, "{all:#?}");
+        assert!(all[0].seeded && all[0].exited_ns.is_none() && !all[0].killed);
+        assert_eq!(all[0].ppid, 1);
+        // A later birth under that pid is a reuse (the old one's exit was lost).
+        m.apply(&newtask(60, 1, 100, false));
+        let all: Vec<_> = m.summaries().into_iter().filter(|s| s.pid == 100).collect();
+        assert_eq!(all.len(), 2);
+    }
+
+    #[test]
+    fn a_process_follows_its_cgroup() {
+        let mut m = Model::new(10);
+        m.apply(&newtask(1, 1, 100, false)); // born in its parent's cgroup, 5
+        let mut ev = newtask(2, 100, 101, true);
+        if let Event::NewTask(e) = &mut ev {
+            e.hdr.cgroup_id = 9; // moved by its runtime after the fork
+        }
+        m.apply(&ev);
+        assert_eq!(find(&m, 100).cgroup_id, 9);
+        assert_eq!(
+            find(&m, 100).cgroup,
+            "cgroup:9",
+            "an unresolved id is named by its id"
+        );
+        assert_eq!(find(&m, 1).cgroup_id, 5);
+    }
+
+    #[test]
     fn pid_reuse_finishes_the_old_process() {
         let mut m = Model::new(10);
         m.apply(&newtask(1, 1, 100, false));
@@ -678,6 +927,35 @@ mod tests {
         let s = find(&m, 100);
         assert_eq!(s.brk_growth_bytes, 0x2000 + 0x3000);
         assert_eq!(s.brk_shrink_bytes, 0x1000);
+    }
+
+    #[test]
+    fn a_lost_exec_does_not_make_the_parents_break_the_baseline() {
+        let mut m = Model::new(10);
+        let brk = |ts, pid, start, addr| {
+            Event::Brk(MemEvent {
+                hdr: hdr(EventKind::Brk, ts, pid, pid),
+                addr,
+                len: addr,
+                old_len: 0,
+                old_addr: start,
+                ret: addr as i64,
+                prot: 0,
+                flags: 0,
+                fd: -1,
+                _pad: 0,
+            })
+        };
+        // The parent's heap is high; its child execs (event lost) a program whose heap
+        // starts far below and grows by 0x3000.
+        m.apply(&newtask(1, 1, 100, false));
+        m.apply(&brk(2, 100, 0x7000_0000_0000, 0x7000_0100_0000));
+        m.apply(&newtask(3, 100, 200, false));
+        m.apply(&brk(4, 200, 0x5555_0000_0000, 0x5555_0000_1000));
+        m.apply(&brk(5, 200, 0x5555_0000_0000, 0x5555_0000_3000));
+        let s = find(&m, 200);
+        assert_eq!((s.brk_growth_bytes, s.brk_shrink_bytes), (0x3000, 0));
+        assert_eq!(find(&m, 100).brk_growth_bytes, 0x100_0000);
     }
 
     fn batch(ts: u64, first: u64, pid: u32, maps: u32, bytes: u64) -> Event {

@@ -28,8 +28,12 @@ pub struct Report {
     /// Why the recording stopped, or null when the file has no end record.
     pub end_reason: Option<String>,
     pub exit_code: Option<i32>,
-    /// Set when the file was cut short or is corrupt: what was read is still reported.
+    /// Set when the file was cut short, has no end record (the recording was killed) or is
+    /// corrupt: what was read is still reported.
     pub truncated: Option<String>,
+    /// Records of good blocks that could not be read (a length past the block's end, an
+    /// unknown tag, bad JSON): each is left out of every count.
+    pub skipped_records: u64,
     /// Events the kernel could not deliver or track (ring buffer full, full maps).
     pub lost_events: u64,
     pub kernel_counters: BTreeMap<String, u64>,
@@ -74,6 +78,7 @@ pub fn build<R: Read>(input: R) -> Result<Report, ReportError> {
                     model.seed(&seed, ts);
                 }
                 Meta::Cgroup { id, path } => model.set_cgroup(id, path),
+                Meta::Threads { ts_ns, pid, tids } => model.reconcile(pid, &tids, ts_ns),
                 Meta::Waits { ts_ns, processes } => {
                     last_ts = last_ts.max(ts_ns);
                     model.apply_waits(ts_ns, &processes);
@@ -111,8 +116,15 @@ pub fn build<R: Read>(input: R) -> Result<Report, ReportError> {
             .saturating_sub(start.start_ns),
         command: start.command.clone(),
         end_reason: end.as_ref().map(|e| e.1.clone()),
-        exit_code: end.and_then(|e| e.2),
-        truncated: reader.truncated().map(str::to_owned),
+        exit_code: end.as_ref().and_then(|e| e.2),
+        truncated: reader.truncated().map(str::to_owned).or_else(|| {
+            end.is_none().then(|| {
+                "the file has no end record: the recording was stopped before it could finish \
+                 (tracer killed, machine down); everything in it was read"
+                    .to_owned()
+            })
+        }),
+        skipped_records: reader.skipped(),
         lost_events,
         kernel_counters: counters,
         probes: start.probes,
@@ -160,10 +172,11 @@ pub fn render_text(r: &Report, limit: usize) -> String {
     if let Some(t) = &r.truncated {
         let _ = writeln!(o, "WARNING: {t}");
     }
-    if r.end_reason.is_none() && r.truncated.is_none() {
+    if r.skipped_records > 0 {
         let _ = writeln!(
             o,
-            "WARNING: the file has no end record: the recording was cut short"
+            "WARNING: {} corrupt records in the file were skipped (counts below leave them out)",
+            r.skipped_records
         );
     }
     if r.lost_events > 0 {
@@ -224,8 +237,7 @@ pub fn render_table(rows: &[&ProcessSummary], limit: usize) -> String {
         "RSS-PEAK"
     );
     for p in rows.iter().take(limit) {
-        let mut comm = escape::term(&p.comm);
-        comm.truncate(16);
+        let comm = escape::term_cut(&p.comm, 16);
         let _ = writeln!(
             o,
             "{:>8} {:<16} {:>7} {:>7} {:>5} {:>6} {:>9} {:>6} {:>8} {:>8} {:>8} {:>8}  {}{}",
@@ -247,7 +259,7 @@ pub fn render_table(rows: &[&ProcessSummary], limit: usize) -> String {
                 (true, _, true, _) => " [killed]".to_owned(),
                 (true, _, _, Some(c)) => format!(" [exit {c}]"),
                 _ => String::new(),
-            }
+            } + if p.events_lost { " [events lost]" } else { "" }
         );
     }
     o

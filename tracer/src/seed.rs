@@ -44,11 +44,10 @@ pub fn read(pid: u32, cgroups: &Cgroups) -> Option<ProcessSeed> {
     if flags & PF_KTHREAD != 0 {
         return None;
     }
-    let tids = fs::read_dir(dir.join("task"))
-        .ok()?
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
+    let tids = tids(pid);
+    if tids.is_empty() {
+        return None;
+    }
     let page = 4096u64;
     let rss_bytes = fs::read_to_string(dir.join("statm"))
         .ok()
@@ -76,7 +75,20 @@ pub fn read(pid: u32, cgroups: &Cgroups) -> Option<ProcessSeed> {
         tids,
         rss_bytes,
         brk: heap_end.or(start_brk),
+        start_brk,
+        seen_ns: crate::collector::monotonic_ns(),
     })
+}
+
+/// The threads of `pid` now, from `/proc/<pid>/task` (empty when it is gone).
+pub fn tids(pid: u32) -> Vec<u32> {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// What a thread is blocked in right now, from `/proc/<pid>/task/<tid>/syscall`
@@ -85,10 +97,10 @@ pub fn read(pid: u32, cgroups: &Cgroups) -> Option<ProcessSeed> {
 /// real start is before tracing began and is not known.
 pub fn blocked(pid: u32, tid: u32, now_ns: u64) -> Option<WaitSlot> {
     let text = fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
-    parse_blocked(&text, pid, tid, now_ns)
+    parse_blocked(&text, pid, now_ns)
 }
 
-fn parse_blocked(text: &str, pid: u32, tid: u32, now_ns: u64) -> Option<WaitSlot> {
+fn parse_blocked(text: &str, pid: u32, now_ns: u64) -> Option<WaitSlot> {
     let mut f = text.split_whitespace();
     let nr: u32 = f.next()?.parse().ok()?;
     let mut args = [0u64; 6];
@@ -102,11 +114,8 @@ fn parse_blocked(text: &str, pid: u32, tid: u32, now_ns: u64) -> Option<WaitSlot
     }
     Some(WaitSlot {
         start_ns: now_ns,
-        uaddr: args[0],
-        tid,
         tgid: pid,
         syscall: nr as u16,
-        op: syscalls::wait_op(nr, arg),
         _pad: 0,
     })
 }
@@ -133,22 +142,19 @@ mod tests {
     #[test]
     fn parses_blocked_syscalls() {
         let futex = "202 0x7f00aa10 0x80 0x0 0x0 0x0 0x0 0x7ffc 0x7f01";
-        let s = parse_blocked(futex, 10, 11, 99).unwrap();
-        assert_eq!(
-            (s.syscall, s.op, s.uaddr, s.tid, s.tgid),
-            (202, 0, 0x7f00aa10, 11, 10)
-        );
+        let s = parse_blocked(futex, 10, 99).unwrap();
+        assert_eq!((s.syscall, s.tgid), (202, 10));
         assert_eq!(s.start_ns, 99);
         // FUTEX_WAKE_PRIVATE is not a wait.
-        assert!(parse_blocked("202 0x7f00aa10 0x81 0x1 0x0 0x0 0x0 0x0 0x0", 1, 1, 0).is_none());
-        let ppoll = parse_blocked("271 0x0 0x3 0x7ffc 0x0 0x8 0x0 0x0 0x0", 1, 2, 0).unwrap();
-        assert_eq!((ppoll.syscall, ppoll.op), (271, 3));
-        assert!(parse_blocked("running", 1, 1, 0).is_none());
+        assert!(parse_blocked("202 0x7f00aa10 0x81 0x1 0x0 0x0 0x0 0x0 0x0", 1, 0).is_none());
+        let ppoll = parse_blocked("271 0x0 0x3 0x7ffc 0x0 0x8 0x0 0x0 0x0", 1, 0).unwrap();
+        assert_eq!(ppoll.syscall, 271);
+        assert!(parse_blocked("running", 1, 0).is_none());
         // poll with a zero timeout cannot block: the kernel's exit would never take its slot.
-        assert!(parse_blocked("7 0x7ffc 0x1 0x0 0x0 0x0 0x0 0x0 0x0", 1, 1, 0).is_none());
-        assert!(parse_blocked("7 0x7ffc 0x1 0x3e8 0x0 0x0 0x0 0x0 0x0", 1, 1, 0).is_some());
-        assert!(parse_blocked("-1 0x7ffc 0x7f01", 1, 1, 0).is_none());
-        assert!(parse_blocked("0 0x3 0x7ffc 0x1000 0x0 0x0 0x0 0x0 0x0", 1, 1, 0).is_none());
+        assert!(parse_blocked("7 0x7ffc 0x1 0x0 0x0 0x0 0x0 0x0 0x0", 1, 0).is_none());
+        assert!(parse_blocked("7 0x7ffc 0x1 0x3e8 0x0 0x0 0x0 0x0 0x0", 1, 0).is_some());
+        assert!(parse_blocked("-1 0x7ffc 0x7f01", 1, 0).is_none());
+        assert!(parse_blocked("0 0x3 0x7ffc 0x1000 0x0 0x0 0x0 0x0 0x0", 1, 0).is_none());
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //! 1. Per-call cost of hot loops, untraced, traced by `tracer record` (host-wide), traced by
 //!    an equivalent bpftrace script, and under the floor (one syscall tracepoint that never
 //!    fires); the workload runs pinned to CPU 0, tracers on CPU 1.
-//! 2. Sustained events/s through the collector, with the kernel's lost-event count.
-//! 3. Collector RSS while 10 000 threads are alive and parked.
+//! 2. A real server: `redis-server` under `redis-benchmark` (SET and GET, requests/s),
+//!    untraced, traced by the tracer and by the bpftrace peer, interleaved over 6 rounds.
+//! 3. Sustained events/s through the collector, with the kernel's lost-event count.
+//! 4. Collector RSS while 10 000 threads are alive and parked.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -48,6 +50,7 @@ pub fn run(root: &Path, iters: u64, threads: usize) -> anyhow::Result<()> {
     std::fs::create_dir_all(&p.tmp)?;
     let result = (|| {
         per_call(&p, iters)?;
+        server(&p)?;
         throughput(&p, iters)?;
         collector_rss(&p, threads)
     })();
@@ -262,6 +265,120 @@ fn per_call(p: &Paths, iters: u64) -> anyhow::Result<()> {
          above floor = the ratio of what each tool adds beyond it)"
     );
     Ok(())
+}
+
+/// Port of the benchmark's redis-server (loopback only).
+const REDIS_PORT: &str = "6399";
+
+/// requests/s of SET + GET from one `redis-benchmark` run against the server.
+fn redis_rps() -> anyhow::Result<f64> {
+    let out = Command::new("taskset")
+        .args([
+            "-c",
+            "1",
+            "redis-benchmark",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            REDIS_PORT,
+        ])
+        .args([
+            "-q", "--csv", "-n", "200000", "-c", "50", "-P", "1", "-t", "set,get",
+        ])
+        .output()
+        .context("running redis-benchmark (apt-get install redis-tools)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut total = 0.0;
+    for line in text.lines() {
+        let cols: Vec<&str> = line.split(',').map(|c| c.trim_matches('"')).collect();
+        if matches!(cols.first(), Some(&"SET") | Some(&"GET")) {
+            total += cols
+                .get(1)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0);
+        }
+    }
+    if total == 0.0 {
+        bail!("no requests/s in redis-benchmark's output: {text}");
+    }
+    Ok(total)
+}
+
+/// The server on CPU 0, the client and the tracers on CPU 1; each round runs the three modes,
+/// in a rotating order.
+fn server(p: &Paths) -> anyhow::Result<()> {
+    const ROUNDS: usize = 6;
+    let mut redis = Command::new("taskset")
+        .args([
+            "-c",
+            "0",
+            "redis-server",
+            "--port",
+            REDIS_PORT,
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting redis-server (apt-get install redis-server)")?;
+    let result = (|| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis_answers().is_err() {
+            if Instant::now() > deadline {
+                bail!("redis-server did not answer on port {REDIS_PORT}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut rps = [Vec::new(), Vec::new(), Vec::new()];
+        for round in 0..ROUNDS {
+            eprintln!("bench: redis round {}/{ROUNDS}", round + 1);
+            for k in 0..3 {
+                let mode = (round + k) % 3;
+                let v = match mode {
+                    0 => redis_rps()?,
+                    1 => {
+                        let t = Tracing::tracer(p, &p.tmp.join("redis.trc"), &[])?;
+                        let v = redis_rps()?;
+                        t.stop()?;
+                        v
+                    }
+                    _ => {
+                        let _t = Tracing::bpftrace(p, BPFTRACE_SCRIPT)?;
+                        redis_rps()?
+                    }
+                };
+                rps[mode].push(v);
+            }
+        }
+        let [base, ours, peer] = rps.map(median);
+        let (ours_r, peer_r) = (ours / base, peer / base);
+        println!(
+            "
+## redis-server under redis-benchmark (SET+GET requests/s, median of {ROUNDS} interleaved rounds)"
+        );
+        println!(
+            "untraced {base:.0}  tracer {ours:.0} ({ours_r:.3}x)  bpftrace {peer:.0} ({peer_r:.3}x)  \
+             tracer's loss / peer's loss = {:.2} (target: tracer >= 0.95x, loss <= the peer's)",
+            (1.0 - ours_r) / (1.0 - peer_r)
+        );
+        Ok(())
+    })();
+    let _ = redis.kill();
+    let _ = redis.wait();
+    result
+}
+
+/// Whether the server answers.
+fn redis_answers() -> anyhow::Result<()> {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", REDIS_PORT, "ping"])
+        .output()?;
+    if String::from_utf8_lossy(&out.stdout).trim() == "PONG" {
+        Ok(())
+    } else {
+        bail!("no PONG")
+    }
 }
 
 fn report_json(p: &Paths, file: &Path) -> anyhow::Result<String> {

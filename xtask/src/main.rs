@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | run | test | bench`.
+//! Developer tasks: `cargo xtask setup | run | test | vmtest | bench`.
 //!
 //! `setup` installs what the eBPF build needs (Debian's rustc-web with the prebuilt BPF libcore,
 //! LLVM 22, bpf-linker 0.13 built against it: see shared/toolchain.md). It is idempotent and
@@ -6,6 +6,7 @@
 //! the README commands work on a fresh machine.
 
 mod bench;
+mod vmtest;
 
 use std::{
     path::{Path, PathBuf},
@@ -31,8 +32,19 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run formatting and lint checks and the whole test suite (needs root).
-    Test,
+    /// Set up, then run formatting and lint checks and the whole test suite (needs root): on
+    /// this machine's kernel, then on each kernel of the matrix under qemu (`vmtest`).
+    Test {
+        /// Only this machine's kernel: skip the qemu matrix.
+        #[arg(long)]
+        host_only: bool,
+    },
+    /// Set up, build, then run the integration tests on Debian's kernels under qemu.
+    Vmtest {
+        /// Kernels to boot (default: the whole matrix), e.g. `--kernel 5.10 --kernel 6.1`.
+        #[arg(long = "kernel", value_name = "VERSION")]
+        kernels: Vec<String>,
+    },
     /// Set up, then measure tracing overhead against bpftrace, throughput and collector RSS.
     Bench {
         /// Iterations of each hot loop.
@@ -44,13 +56,17 @@ enum Cmd {
     },
 }
 
-/// Debian packages the build needs. bpftrace is the benchmark's reference peer.
+/// Debian packages the build needs. bpftrace is the benchmark's reference peer; qemu, busybox
+/// and cpio boot the kernel matrix (`vmtest`).
 const APT_PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
     "libstd-rust-web-dev-bpf",
     "llvm-22-dev",
     "bpftrace",
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -69,17 +85,42 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("running {}", bin.display()))?;
             std::process::exit(status.code().unwrap_or(1));
         }
-        Cmd::Test => {
+        Cmd::Test { host_only } => {
             setup()?;
             cargo(&root, &["fmt", "--all", "--", "--check"])?;
             cargo(&root, &["clippy", "--all-targets", "--", "-D", "warnings"])?;
             clippy_ebpf(&root)?;
             // The integration tests run the tracer binary: build it first.
             cargo(&root, &["build", "-p", "tracer", "--bins"])?;
-            cargo_test(&root)
+            let (passed, failed) = cargo_test(&root)?;
+            let (vm_passed, vm_failed) = if host_only {
+                (0, 0)
+            } else {
+                matrix(&root, &[])?
+            };
+            println!(
+                "tests: {} passed, {} failed",
+                passed + vm_passed,
+                failed + vm_failed
+            );
+            if failed + vm_failed > 0 {
+                bail!("{} tests failed", failed + vm_failed);
+            }
+            Ok(())
+        }
+        Cmd::Vmtest { kernels } => {
+            setup()?;
+            cargo(&root, &["build", "-p", "tracer", "--bins"])?;
+            let (passed, failed) = matrix(&root, &kernels)?;
+            println!("vmtest: {passed} passed, {failed} failed");
+            if failed > 0 {
+                bail!("{failed} tests failed in the kernel matrix");
+            }
+            Ok(())
         }
         Cmd::Bench { iters, threads } => {
             setup()?;
+            apt_install(&["redis-server", "redis-tools"])?;
             cargo(
                 &root,
                 &["build", "--release", "-p", "tracer", "-p", "tracer-tests"],
@@ -124,9 +165,9 @@ fn clippy_ebpf(root: &Path) -> anyhow::Result<()> {
         .current_dir(root))
 }
 
-/// `cargo test`, passing its output through, then one closing line with the totals of every
-/// test binary (cargo's own last line is that of the last binary, often one with no tests).
-fn cargo_test(root: &Path) -> anyhow::Result<()> {
+/// `cargo test`, passing its output through; returns the totals of every test binary (cargo's
+/// own last line is that of the last binary, often one with no tests).
+fn cargo_test(root: &Path) -> anyhow::Result<(u64, u64)> {
     use std::io::{BufRead, BufReader};
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("xtask: cargo test --no-fail-fast");
@@ -141,30 +182,49 @@ fn cargo_test(root: &Path) -> anyhow::Result<()> {
         let line = line?;
         println!("{line}");
         if let Some(rest) = line.strip_prefix("test result: ") {
-            let count = |what: &str| {
-                rest.split(';')
-                    .find_map(|part| {
-                        part.trim()
-                            .trim_start_matches("ok. ")
-                            .trim_start_matches("FAILED. ")
-                            .strip_suffix(what)
-                    })
-                    .and_then(|n| n.trim().parse::<u64>().ok())
-                    .unwrap_or(0)
-            };
-            passed += count(" passed");
-            failed += count(" failed");
+            passed += vmtest::count(rest, " passed");
+            failed += vmtest::count(rest, " failed");
         }
     }
     let status = child.wait()?;
-    println!("tests: {passed} passed, {failed} failed");
-    if !status.success() || failed > 0 {
+    println!(
+        "host tests ({}): {passed} passed, {failed} failed",
+        kernel_release()
+    );
+    if !status.success() && failed == 0 {
         bail!("`cargo test` failed ({status})");
     }
     if passed == 0 {
         bail!("`cargo test` ran no test");
     }
-    Ok(())
+    Ok((passed, failed))
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// The integration tests (and the tracer's own, some of which read the kernel's BTF) on each
+/// kernel of the matrix; prints a kernel × result table and returns the totals.
+fn matrix(root: &Path, kernels: &[String]) -> anyhow::Result<(u64, u64)> {
+    let mut bins = vmtest::test_binaries(root, &["tracer", "tracer-tests"])?;
+    for b in ["tracer", "workload"] {
+        bins.push(root.join("target/debug").join(b));
+    }
+    bins.sort();
+    bins.dedup();
+    let o = vmtest::run(root, kernels, &bins)?;
+    println!("kernel matrix:");
+    println!(
+        "  {:<6} {:<32} {:>6} {:>6}  status",
+        "kernel", "release", "passed", "failed"
+    );
+    for (label, release, passed, failed, status) in &o.rows {
+        println!("  {label:<6} {release:<32} {passed:>6} {failed:>6}  {status}");
+    }
+    Ok((o.passed, o.failed))
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
@@ -183,11 +243,13 @@ fn apt_installed(pkg: &str) -> bool {
 }
 
 fn setup() -> anyhow::Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !apt_installed(p))
-        .collect();
+    apt_install(APT_PACKAGES)?;
+    setup_linker()
+}
+
+/// Installs the Debian packages of `pkgs` that are missing (none: no apt call at all).
+fn apt_install(pkgs: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !apt_installed(p)).collect();
     if !missing.is_empty() {
         eprintln!("xtask: installing {}", missing.join(" "));
         run(Command::new("apt-get").args(["update", "-q"]))
@@ -198,6 +260,10 @@ fn setup() -> anyhow::Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"))
         .context("apt-get install")?;
     }
+    Ok(())
+}
+
+fn setup_linker() -> anyhow::Result<()> {
     // On PATH, or where `cargo install` puts it (the build looks there too).
     let cargo_bin = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)

@@ -252,12 +252,15 @@ fn cpu_ns() -> u64 {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-/// Renames itself (comm, via prctl) to `name`, an untrusted string, then starts one thread.
-fn rename(name: &str) {
+/// Renames itself (comm, via prctl) to `name`, an untrusted string, then starts one thread,
+/// which parks for `hold_ms` (0: exits at once).
+fn rename(name: &str, hold_ms: u64) {
     let c = std::ffi::CString::new(name).expect("no NUL in the name");
     // SAFETY: PR_SET_NAME reads a NUL-terminated string (truncated to 15 bytes).
     unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr()) };
-    std::thread::spawn(|| {}).join().expect("thread");
+    std::thread::spawn(move || std::thread::sleep(Duration::from_millis(hold_ms)))
+        .join()
+        .expect("thread");
 }
 
 /// Hot loops for the benchmark: `iters` calls; prints the mean wall-clock and CPU ns per call.
@@ -356,14 +359,17 @@ fn main() {
         Some("poll") => polls(arg(&args, 1, "count"), arg(&args, 2, "ms")),
         Some("children") => children(arg(&args, 1, "spawns"), arg(&args, 2, "forks")),
         Some("oom") => oom(&args[1]),
-        Some("rename") => rename(&args[1]),
+        Some("rename") => rename(
+            &args[1],
+            args.get(2).and_then(|a| a.parse().ok()).unwrap_or(0),
+        ),
         Some("exec-thread") => exec_from_thread(),
         Some("bench") => bench(&args[1], arg(&args, 2, "iterations")),
         Some("hold") => hold(arg(&args, 1, "threads")),
         _ => {
             eprintln!(
                 "usage: workload park N MS | stopped-park PARK_MS STOP_MS AFTER_MS | mmap K | brk STEPS BYTES | poll N MS | \
-                 children SPAWNS FORKS | oom CGROUP_DIR | bench LOOP ITERS | hold N"
+                 children SPAWNS FORKS | oom CGROUP_DIR | rename NAME [HOLD_MS] | bench LOOP ITERS | hold N"
             );
             std::process::exit(2);
         }

@@ -146,6 +146,22 @@ impl KernelBtf {
         (e.kind == KIND_STRUCT && self.str_at(e.name_off) == elem).then_some(off)
     }
 
+    /// Byte offset of a nested field, `path` naming a member of `struct name`, then a member of
+    /// that member's type (through typedefs, so `atomic_t`'s anonymous struct works), and so
+    /// on: `path_offset("signal_struct", &["live", "counter"])`.
+    pub fn path_offset(&self, name: &str, path: &[&str]) -> Option<u32> {
+        let mut id = *self.by_name.get(name)?;
+        let mut total = 0;
+        for (i, field) in path.iter().enumerate() {
+            let (off, type_id) = self.find(id, field, 0)?;
+            total += off;
+            if i + 1 < path.len() {
+                id = self.strip(type_id);
+            }
+        }
+        Some(total)
+    }
+
     fn member(&self, name: &str, field: &str) -> Option<(u32, usize)> {
         let id = *self.by_name.get(name)?;
         self.find(id, field, 0)
@@ -212,16 +228,41 @@ mod tests {
         let rss = btf
             .member_offset("mm_struct", "rss_stat")
             .expect("rss_stat");
+        // An array of percpu_counter since 6.2; a struct of atomics before.
+        let percpu = btf.array_member_offset("mm_struct", "rss_stat", "percpu_counter");
+        assert_eq!(percpu.is_some(), kernel_at_least(6, 2), "{percpu:?}");
+        if let Some(off) = percpu {
+            assert_eq!(off, rss);
+        }
+        // Renamed in 5.14; the offset the sched_switch programs read.
+        let state = btf
+            .member_offset("task_struct", "__state")
+            .or_else(|| btf.member_offset("task_struct", "state"));
+        assert!(state.is_some_and(|s| s < 64), "{state:?}");
+        let live = btf.member_offset("signal_struct", "live").expect("live");
+        assert!(live > 0 && live < 1024, "{live}");
+        // atomic_t is a typedef of an anonymous struct whose `counter` comes first.
         assert_eq!(
-            btf.array_member_offset("mm_struct", "rss_stat", "percpu_counter"),
-            Some(rss)
+            btf.path_offset("signal_struct", &["live", "counter"]),
+            Some(live)
         );
+        assert_eq!(btf.path_offset("signal_struct", &["live", "nope"]), None);
         assert_eq!(
             btf.array_member_offset("mm_struct", "rss_stat", "task_struct"),
             None
         );
         assert_eq!(btf.array_member_offset("task_struct", "pid", "x"), None);
         assert_eq!(btf.member_offset("no_such_struct", "x"), None);
+    }
+
+    fn kernel_at_least(major: u32, minor: u32) -> bool {
+        let rel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let mut it = rel
+            .trim()
+            .split(['.', '-'])
+            .map(|p| p.parse::<u32>().unwrap_or(0));
+        let (a, b) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+        (a, b) >= (major, minor)
     }
 
     #[test]

@@ -13,12 +13,19 @@ pub fn check(tracefs: &str, tp: &Tracepoint) -> Result<(), String> {
         .join(tp.name)
         .join("format");
     let text = std::fs::read_to_string(&path).map_err(|e| {
-        format!(
-            "tracepoint {}/{} is not available on this kernel ({}: {e})",
-            tp.category,
-            tp.name,
-            path.display()
-        )
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            format!(
+                "{} is not readable by this user: run as root, or grant CAP_DAC_READ_SEARCH",
+                path.display()
+            )
+        } else {
+            format!(
+                "tracepoint {}/{} is not available on this kernel ({}: {e})",
+                tp.category,
+                tp.name,
+                path.display()
+            )
+        }
     })?;
     check_text(&text, tp)
 }
@@ -91,11 +98,13 @@ mod tests {
 
     #[test]
     fn this_kernel_matches_every_tracepoint() {
-        // Runs against the real tracefs: the layouts the kernel programs rely on must hold on
+        // Runs against the real tracefs: one of the layouts of each tracepoint must hold on
         // the kernel the tests run on.
         let dir = crate::probes::ensure_tracefs().expect("tracefs");
         for tp in ALL {
-            check(dir, tp).unwrap_or_else(|e| panic!("{e}"));
+            let layouts: Vec<_> = ALL.iter().filter(|t| t.name == tp.name).collect();
+            let errors: Vec<String> = layouts.iter().filter_map(|t| check(dir, t).err()).collect();
+            assert!(errors.len() < layouts.len(), "{errors:?}");
         }
     }
 }

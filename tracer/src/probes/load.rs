@@ -24,14 +24,17 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tr
 #[derive(Debug, Error)]
 pub enum LoadError {
     #[error(
-        "tracer must run as root (it loads eBPF programs): run it with sudo, or grant \
-         CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN"
+        "tracer needs {0} to load its eBPF programs: run it as root (sudo), or grant it \
+         CAP_BPF and CAP_PERFMON (plus CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE for all it \
+         can do), e.g. `setcap cap_bpf,cap_perfmon,cap_dac_read_search,cap_sys_ptrace+ep tracer`"
     )]
-    NotRoot,
+    NotPrivileged(String),
     #[error(
         "the kernel refused to load the eBPF maps/programs: {0}. Check that the kernel has BPF \
-         (CONFIG_BPF_SYSCALL), that you are root (or have CAP_BPF+CAP_PERFMON), and, in a \
-         container, that it runs privileged or with those capabilities"
+         (CONFIG_BPF_SYSCALL), that you are root (or have CAP_BPF+CAP_PERFMON), on kernels \
+         before 5.11 that RLIMIT_MEMLOCK is high enough (`ulimit -l unlimited`, or \
+         CAP_SYS_RESOURCE), and, in a container, that it runs privileged or with those \
+         capabilities"
     )]
     Bpf(#[source] aya::EbpfError),
     #[error("map {0} is missing from the eBPF object: the build is broken, rebuild the tracer")]
@@ -86,27 +89,37 @@ pub struct Probes {
     pub status: Vec<ProbeStatus>,
     pub events: RingBuf<MapData>,
     pub slots: WaitTable,
-    pub waiting: HashMap<MapData, u32, WaitSlot>,
     pub traced: HashMap<MapData, u32, u32>,
     pub stats: PerCpuArray<MapData, u64>,
 }
 
-/// Loading eBPF programs needs root (or CAP_BPF + CAP_PERFMON + CAP_SYS_ADMIN): say so first,
-/// before anything else can fail less clearly.
-pub fn require_root() -> Result<(), LoadError> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err(LoadError::NotRoot);
+/// `kernel.pid_max`: tids are below it. The kernel's default when it cannot be read.
+fn pid_max() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(32_768)
+}
+
+/// Loading eBPF programs needs root or CAP_BPF + CAP_PERFMON (see `privileges`): say so first,
+/// before anything else can fail less clearly; warn of what the optional ones would add.
+pub fn require_privileges() -> Result<(), LoadError> {
+    let caps = super::privileges::effective();
+    if let Some(missing) = super::privileges::missing_required(caps) {
+        return Err(LoadError::NotPrivileged(missing));
+    }
+    for what in super::privileges::missing_optional(caps) {
+        tracing::warn!("{what}");
     }
     Ok(())
 }
 
 impl Probes {
     pub fn load(cfg: &LoadConfig) -> Result<Self, LoadError> {
-        require_root()?;
         let self_tgid = std::process::id();
         let filter = cfg.filter as u32;
         let offsets = KernelOffsets::from_btf();
+        let slots_len = super::wait_slots_len(pid_max());
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::MIN_WAIT_NS, &cfg.min_wait_ns, true)
             .override_global(globals::RSS_GRANULE, &cfg.rss_granule, true)
@@ -115,11 +128,16 @@ impl Probes {
             .override_global(globals::TASK_EXIT_CODE_OFF, &offsets.exit_code, true)
             .override_global(globals::TASK_PID_OFF, &offsets.pid, true)
             .override_global(globals::TASK_TGID_OFF, &offsets.tgid, true)
+            .override_global(globals::TASK_SIGNAL_OFF, &offsets.signal, true)
+            .override_global(globals::SIGNAL_LIVE_OFF, &offsets.signal_live, true)
+            .override_global(globals::TASK_STATE_OFF, &offsets.task_state, true)
             .override_global(globals::TASK_MM_OFF, &offsets.task_mm, true)
+            .override_global(globals::MM_START_BRK_OFF, &offsets.mm_start_brk, true)
             .override_global(globals::MM_RSS_STAT_OFF, &offsets.mm_rss_stat, true)
             .override_global(globals::PCPU_COUNTER_SIZE, &offsets.pcpu_counter_size, true)
             .override_global(globals::PCPU_COUNT_OFF, &offsets.pcpu_count, true)
             .map_max_entries(m::EVENTS, cfg.ring_bytes)
+            .map_max_entries(m::WAIT_SLOTS, slots_len)
             .load(OBJECT)
             .map_err(LoadError::Bpf)?;
 
@@ -131,13 +149,14 @@ impl Probes {
         } else {
             Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}"))
         };
-        attach_generic(&mut ebpf, &mut status, &btf, offsets.exit_code != 0);
+        attach_generic(&mut ebpf, &mut status, &btf, &offsets);
         attach_tracepoints(&mut ebpf, &mut status, &btf, &offsets);
         drop(btf);
         for s in &status {
-            match &s.error {
-                None => tracing::debug!(probe = %s.name, "attached"),
-                Some(e) => tracing::error!(probe = %s.name, "probe not attached: {e}"),
+            match (&s.error, &s.note) {
+                (Some(e), _) => tracing::error!(probe = %s.name, "probe not attached: {e}"),
+                (None, Some(n)) => tracing::warn!(probe = %s.name, "attached, degraded: {n}"),
+                (None, None) => tracing::debug!(probe = %s.name, "attached"),
             }
         }
         if !status.iter().any(|s| s.attached) {
@@ -153,10 +172,10 @@ impl Probes {
         };
         let map_err = |name| move |source| LoadError::Map { name, source };
         let events = RingBuf::try_from(take(&mut ebpf, m::EVENTS)?).map_err(map_err(m::EVENTS))?;
-        let waiting =
-            HashMap::try_from(take(&mut ebpf, m::WAITING)?).map_err(map_err(m::WAITING))?;
         let slots = match take(&mut ebpf, m::WAIT_SLOTS)? {
-            aya::maps::Map::Array(data) => WaitTable::map(data).map_err(LoadError::Mmap)?,
+            aya::maps::Map::Array(data) => {
+                WaitTable::map(data, slots_len).map_err(LoadError::Mmap)?
+            }
             _ => return Err(LoadError::MissingMap(m::WAIT_SLOTS)),
         };
         let traced = HashMap::try_from(take(&mut ebpf, m::TRACED)?).map_err(map_err(m::TRACED))?;
@@ -167,7 +186,6 @@ impl Probes {
             status,
             events,
             slots,
-            waiting,
             traced,
             stats,
         })
@@ -178,16 +196,18 @@ impl Probes {
         self.traced.insert(pid, 1, 0)
     }
 
+    /// Takes an ended process out of the kernel-side filter (it may be gone already).
+    pub fn untrace_pid(&mut self, pid: u32) {
+        let _ = self.traced.remove(&pid);
+    }
+
     pub fn stats(&self) -> Result<KernelStats, aya::maps::MapError> {
         KernelStats::read(&self.stats)
     }
 
-    /// The blocked threads right now: the slot table, plus the overflow map when it is used.
-    pub fn waiting(&self) -> Vec<WaitSlot> {
-        let mut v = self.slots.occupied();
-        // Entries can vanish between key and value lookups (the thread woke): skip those.
-        v.extend(self.waiting.iter().filter_map(Result::ok).map(|(_, s)| s));
-        v
+    /// Which of `tids` are in a wait call right now (read in place: no syscall).
+    pub fn waiting(&self, tids: impl Iterator<Item = u32>) -> Vec<WaitSlot> {
+        tids.filter_map(|tid| self.slots.get(tid)).collect()
     }
 
     /// Emits every CPU's batch of small mappings (see `tracer_common::maps::MEM_ACC`).
@@ -294,7 +314,11 @@ struct KernelOffsets {
     exit_code: u64,
     pid: u64,
     tgid: u64,
+    signal: u64,
+    signal_live: u64,
+    task_state: u64,
     task_mm: u64,
+    mm_start_brk: u64,
     mm_rss_stat: u64,
     pcpu_counter_size: u64,
     pcpu_count: u64,
@@ -305,41 +329,64 @@ impl KernelOffsets {
         let Some(btf) = super::btf::KernelBtf::load() else {
             tracing::warn!(
                 "no kernel BTF at /sys/kernel/btf/vmlinux: the signal that killed a process \
-                 is unknown (deaths by signal are still told apart from exits)"
+                 is unknown (deaths by signal are still told apart from exits), and a process \
+                 ends when its last known thread exits"
             );
             return Self::default();
         };
-        let off = |f| btf.member_offset("task_struct", f).map(u64::from);
+        let off = |s, f| btf.member_offset(s, f).map_or(0, u64::from);
         Self {
-            exit_code: off("exit_code").unwrap_or(0),
-            pid: off("pid").unwrap_or(0),
-            tgid: off("tgid").unwrap_or(0),
-            task_mm: off("mm").unwrap_or(0),
+            exit_code: off("task_struct", "exit_code"),
+            pid: off("task_struct", "pid"),
+            tgid: off("task_struct", "tgid"),
+            signal: off("task_struct", "signal"),
+            signal_live: btf
+                .path_offset("signal_struct", &["live", "counter"])
+                .map_or(0, u64::from),
+            // Renamed from `state` in 5.14.
+            task_state: btf
+                .member_offset("task_struct", "__state")
+                .or_else(|| btf.member_offset("task_struct", "state"))
+                .map_or(0, u64::from),
+            task_mm: off("task_struct", "mm"),
+            mm_start_brk: off("mm_struct", "start_brk"),
             // An array of per-CPU counters since 6.2 (a struct of atomics before).
             mm_rss_stat: btf
                 .array_member_offset("mm_struct", "rss_stat", "percpu_counter")
                 .map_or(0, u64::from),
             pcpu_counter_size: btf.struct_size("percpu_counter").map_or(0, u64::from),
-            pcpu_count: btf
-                .member_offset("percpu_counter", "count")
-                .map_or(0, u64::from),
+            pcpu_count: off("percpu_counter", "count"),
         }
     }
 
-    /// Whether the BTF `rss_stat` program has every offset it needs.
+    /// Whether the BTF `rss_stat` program of 6.2+ has every offset it needs.
     fn rss_known(&self) -> bool {
         self.task_mm != 0
             && self.mm_rss_stat != 0
             && self.pcpu_counter_size != 0
             && self.pcpu_count != 0
     }
+
+    /// Whether the BTF `sched_process_exit` program can read what it needs.
+    fn exit_known(&self) -> bool {
+        self.exit_code != 0 && self.signal != 0 && self.signal_live != 0
+    }
 }
 
 /// How a generic hook got attached.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Form {
+    /// BTF, and the program does all of its job (`sched_switch` opens wait slots).
     Btf,
+    /// BTF, a variant for an older kernel that needs `sys_enter`'s help.
+    BtfStamp,
     Raw,
+}
+
+/// One program that can serve a hook.
+struct Candidate {
+    program: String,
+    form: Form,
 }
 
 /// `sched_switch`, `sys_exit` and, when needed, `sys_enter`, as BTF tracepoints or as raw
@@ -347,19 +394,45 @@ enum Form {
 ///
 /// The BTF `sched_switch` program opens a thread's wait slot when it goes to sleep in a call
 /// that can park, and exit codes come from `task_struct`: then no `sys_enter` program runs at
-/// all, and every syscall on the host pays one hook instead of two. Otherwise `sys_enter`
-/// opens the slots (and reports `exit`/`exit_group`), and `sched_switch` (raw) stamps them.
+/// all, and every syscall on the host pays one hook instead of two. Otherwise (kernels before
+/// 5.15 have no `bpf_task_pt_regs`) `sys_enter` opens the slots (and reports
+/// `exit`/`exit_group`), and `sched_switch` only stamps them.
 fn attach_generic(
     ebpf: &mut Ebpf,
     status: &mut Vec<ProbeStatus>,
     btf: &Result<Btf, String>,
-    exit_code_known: bool,
+    offsets: &KernelOffsets,
 ) {
+    let state_known = offsets.task_state != 0;
+    let mut switch = Vec::new();
+    if state_known {
+        switch.push(Candidate {
+            program: "sched_switch_btf".into(),
+            form: Form::Btf,
+        });
+        // No bpf_task_pt_regs before 5.15: sys_enter opens the wait slots.
+        switch.push(Candidate {
+            program: "sched_switch_btf_stamp".into(),
+            form: Form::BtfStamp,
+        });
+    }
+    switch.push(Candidate {
+        program: "sched_switch_raw".into(),
+        form: Form::Raw,
+    });
+    if state_known {
+        // No `prev_state` argument before 5.18.
+        switch.push(Candidate {
+            program: "sched_switch_raw_prev".into(),
+            form: Form::Raw,
+        });
+    }
     let switch = attach_hook(
         ebpf,
         status,
         btf,
         "sched_switch",
+        &switch,
         "park start times: waits are timed from their syscall entry instead",
     );
     if switch.is_some() {
@@ -370,57 +443,74 @@ fn attach_generic(
         status,
         btf,
         "sys_exit",
+        &generic("sys_exit"),
         "futex, poll, mmap, brk syscalls",
     );
-    if switch != Some(Form::Btf) || !exit_code_known {
+    if switch != Some(Form::Btf) || offsets.exit_code == 0 {
         attach_hook(
             ebpf,
             status,
             btf,
             "sys_enter",
+            &generic("sys_enter"),
             "futex and poll wait starts, exit calls",
         );
     }
 }
 
-/// Attaches `{hook}_btf`, or `{hook}_raw` when that fails; records the outcome.
+/// `{hook}_btf`, then `{hook}_raw`.
+fn generic(hook: &str) -> [Candidate; 2] {
+    [
+        Candidate {
+            program: format!("{hook}_btf"),
+            form: Form::Btf,
+        },
+        Candidate {
+            program: format!("{hook}_raw"),
+            form: Form::Raw,
+        },
+    ]
+}
+
+/// Attaches the first candidate that loads (BTF ones only where the kernel has BTF); records
+/// the outcome under the hook's name.
 fn attach_hook(
     ebpf: &mut Ebpf,
     status: &mut Vec<ProbeStatus>,
     btf: &Result<Btf, String>,
     hook: &str,
+    candidates: &[Candidate],
     lost: &str,
 ) -> Option<Form> {
-    let btf_err = match btf {
-        Ok(btf) => match attach_btf(ebpf, &format!("{hook}_btf"), hook, btf) {
+    let mut errors = Vec::new();
+    for c in candidates {
+        let res = match (c.form, btf) {
+            (Form::Raw, _) => attach_raw(ebpf, &c.program, hook),
+            (_, Ok(btf)) => attach_btf(ebpf, &c.program, hook, btf),
+            (_, Err(e)) => Err(e.clone()),
+        };
+        match res {
             Ok(()) => {
-                status.push(ok(format!("tp_btf/{hook}")));
-                return Some(Form::Btf);
+                let kind = if c.form == Form::Raw {
+                    "raw_tp"
+                } else {
+                    "tp_btf"
+                };
+                if !errors.is_empty() {
+                    tracing::debug!(
+                        "{hook}: using {}; refused before it: {}",
+                        c.program,
+                        errors.join("; ")
+                    );
+                }
+                status.push(ok(format!("{kind}/{hook}")));
+                return Some(c.form);
             }
-            Err(e) => {
-                tracing::warn!(
-                    "tp_btf/{hook} not usable ({e}); using raw_tp/{hook}, which costs a \
-                     little more per call"
-                );
-                e
-            }
-        },
-        Err(e) => e.clone(),
-    };
-    match attach_raw(ebpf, &format!("{hook}_raw"), hook) {
-        Ok(()) => {
-            status.push(ok(format!("raw_tp/{hook}")));
-            Some(Form::Raw)
-        }
-        Err(e) => {
-            status.push(ProbeStatus {
-                name: format!("{hook} ({lost})"),
-                attached: false,
-                error: Some(format!("tp_btf: {btf_err}; raw_tp: {e}")),
-            });
-            None
+            Err(e) => errors.push(format!("{}: {e}", c.program)),
         }
     }
+    status.push(failed(format!("{hook} ({lost})"), errors.join("; ")));
+    None
 }
 
 /// Tells the kernel programs that `sched_switch` now stamps park starts, so that `sys_enter`
@@ -486,8 +576,8 @@ fn attach_raw(ebpf: &mut Ebpf, prog: &str, hook: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The classic tracepoints; task creation and exit as BTF tracepoints first, where the kernel
-/// has BTF and the `task_struct` offsets they load are known.
+/// The classic tracepoints; task creation, exit, renames and `rss_stat` as BTF tracepoints
+/// first, where the kernel has BTF and the offsets they load are known.
 fn attach_tracepoints(
     ebpf: &mut Ebpf,
     status: &mut Vec<ProbeStatus>,
@@ -496,23 +586,40 @@ fn attach_tracepoints(
 ) {
     let mut done: Vec<&str> = Vec::new();
     if let Ok(btf) = btf {
-        for (hook, known) in [
-            ("task_newtask", offsets.pid != 0),
-            ("sched_process_exit", offsets.exit_code != 0),
-            ("rss_stat", offsets.rss_known()),
-        ] {
-            if !known {
-                continue;
-            }
-            match attach_btf(ebpf, &format!("{hook}_btf"), hook, btf) {
-                Ok(()) => {
-                    status.push(ok(format!("tp_btf/{hook}")));
-                    done.push(hook);
+        let mut rss = Vec::new();
+        if offsets.rss_known() {
+            rss.push("rss_stat_btf");
+        }
+        if offsets.task_mm != 0 {
+            // Before 6.2 the count is an argument (and 6.2+ refuses the third argument).
+            rss.push("rss_stat_btf_count");
+        }
+        let mut want: Vec<(&str, Vec<&str>)> = Vec::new();
+        if offsets.pid != 0 {
+            want.push(("task_newtask", vec!["task_newtask_btf"]));
+        }
+        if offsets.exit_known() {
+            want.push(("sched_process_exit", vec!["sched_process_exit_btf"]));
+        }
+        want.push(("rss_stat", rss));
+        for (hook, programs) in want {
+            let mut errors = Vec::new();
+            for prog in programs {
+                match attach_btf(ebpf, prog, hook, btf) {
+                    Ok(()) => {
+                        status.push(ok(format!("tp_btf/{hook}")));
+                        done.push(hook);
+                        break;
+                    }
+                    Err(e) => errors.push(format!("{prog}: {e}")),
                 }
-                Err(e) => tracing::warn!(
-                    "tp_btf/{hook} not usable ({e}); using the classic tracepoint, which \
-                     costs a little more per thread"
-                ),
+            }
+            if !done.contains(&hook) && !errors.is_empty() {
+                tracing::warn!(
+                    "tp_btf/{hook} not usable ({}); using the classic tracepoint, which \
+                     costs a little more per call",
+                    errors.join("; ")
+                );
             }
         }
         // Renames by prctl or /proc/.../comm (BTF only: without it, a new name shows at the
@@ -526,37 +633,86 @@ fn attach_tracepoints(
             );
         }
     }
+    // Each classic tracepoint once, with its layouts in order (see `tracepoints::ALL`).
+    let mut wanted: Vec<&tracepoints::Tracepoint> = Vec::new();
+    for tp in tracepoints::ALL {
+        if !done.contains(&tp.name) && !wanted.iter().any(|w| w.name == tp.name) {
+            wanted.push(tp);
+        }
+    }
     let dir = match tracefs::ensure_tracefs() {
         Ok(d) => d,
         Err(e) => {
-            for tp in tracepoints::ALL
-                .iter()
-                .filter(|tp| !done.contains(&tp.name))
-            {
+            for tp in wanted {
                 status.push(failed(tp_name(tp), e.clone()));
             }
             return;
         }
     };
-    for tp in tracepoints::ALL
-        .iter()
-        .filter(|tp| !done.contains(&tp.name))
+    for first in wanted {
+        let mut errors = Vec::new();
+        let mut attached = None;
+        for tp in tracepoints::ALL.iter().filter(|tp| tp.name == first.name) {
+            let res = formats::check(dir, tp).and_then(|()| {
+                let p: &mut TracePoint = ebpf
+                    .program_mut(tp.program)
+                    .ok_or_else(|| format!("program {} missing", tp.program))?
+                    .try_into()
+                    .map_err(|e| format!("{e}"))?;
+                p.load().map_err(|e| load_error(tp.program, &e))?;
+                p.attach(tp.category, tp.name)
+                    .map_err(|e| perf_attach_error(&e))?;
+                Ok(())
+            });
+            match res {
+                Ok(()) => {
+                    attached = Some(tp);
+                    break;
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        status.push(match attached {
+            Some(tp) if tp.program == first.program => ok(tp_name(tp)),
+            Some(tp) => ProbeStatus {
+                note: Some(degraded_note(tp.program)),
+                ..ok(tp_name(tp))
+            },
+            None => failed(tp_name(first), errors.join("; ")),
+        });
+    }
+}
+
+/// A classic tracepoint's attach (`perf_event_open`) refused: the OS error, and, when it is a
+/// permission error, the likely reason.
+fn perf_attach_error(e: &aya::programs::ProgramError) -> String {
+    let mut why = format!("attach: {e}");
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        why.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .ok()
+        .and_then(|v| v.trim().parse::<i32>().ok());
+    if (why.contains("ermission denied") || why.contains("not permitted"))
+        && let Some(level) = paranoid.filter(|&l| l > 2)
     {
-        let res = formats::check(dir, tp).and_then(|()| {
-            let p: &mut TracePoint = ebpf
-                .program_mut(tp.program)
-                .ok_or_else(|| format!("program {} missing", tp.program))?
-                .try_into()
-                .map_err(|e| format!("{e}"))?;
-            p.load().map_err(|e| load_error(tp.program, &e))?;
-            p.attach(tp.category, tp.name)
-                .map_err(|e| format!("attach: {e}"))?;
-            Ok(())
-        });
-        status.push(match res {
-            Ok(()) => ok(tp_name(tp)),
-            Err(e) => failed(tp_name(tp), e),
-        });
+        why.push_str(&format!(
+            " (kernel.perf_event_paranoid is {level}: Debian's and Ubuntu's extra level \
+             lets only CAP_SYS_ADMIN open perf events; set it to 2, or grant CAP_SYS_ADMIN)"
+        ));
+    }
+    why
+}
+
+/// What an older layout's program leaves out.
+fn degraded_note(program: &str) -> String {
+    match program {
+        "mark_victim_pid" => "the kernel gives the OOM victim's pid only (before 5.19): its \
+                              memory at the kill is the last RSS that rss_stat reported"
+            .to_owned(),
+        other => format!("older layout ({other})"),
     }
 }
 
@@ -569,6 +725,7 @@ fn ok(name: String) -> ProbeStatus {
         name,
         attached: true,
         error: None,
+        note: None,
     }
 }
 
@@ -577,6 +734,7 @@ fn failed(name: String, error: String) -> ProbeStatus {
         name,
         attached: false,
         error: Some(error),
+        note: None,
     }
 }
 

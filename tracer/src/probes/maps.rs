@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use aya::maps::{MapData, PerCpuArray};
 use tracer_common::{
-    maps::{Stat, WAIT_SLOTS_LEN, WaitSlot},
+    maps::{Stat, WaitSlot},
     syscalls,
 };
 
@@ -50,7 +50,7 @@ pub fn wait_snapshot(
 ) -> Vec<WaitAggregate> {
     let mut by_pid: HashMap<u32, WaitAggregate> = HashMap::new();
     for w in entries {
-        if w.tid == 0 || w.start_ns == 0 || now_ns.saturating_sub(w.start_ns) < min_age_ns {
+        if w.tgid == 0 || w.start_ns == 0 || now_ns.saturating_sub(w.start_ns) < min_age_ns {
             continue;
         }
         let agg = by_pid.entry(w.tgid).or_insert_with(|| WaitAggregate {
@@ -86,12 +86,13 @@ pub struct WaitTable {
 }
 
 impl WaitTable {
-    pub fn map(map: MapData) -> std::io::Result<Self> {
-        let len = WAIT_SLOTS_LEN as usize;
+    /// Maps the array of `len` slots (a multiple of 256: whole pages).
+    pub fn map(map: MapData, len: u32) -> std::io::Result<Self> {
+        let len = len as usize;
         let bytes = len * size_of::<WaitSlot>();
         let fd = map.fd().as_fd().as_raw_fd();
-        // SAFETY: mapping a BPF_F_MMAPABLE array of exactly `bytes` (page-aligned: 2^17
-        // entries of 32 bytes) shared and read/write; the result is checked.
+        // SAFETY: mapping a BPF_F_MMAPABLE array of exactly `bytes` (page-aligned) shared and
+        // read/write; the result is checked.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -112,50 +113,46 @@ impl WaitTable {
         })
     }
 
-    /// The occupied slots, copied out. The kernel writes concurrently: each slot is read with
-    /// volatile loads, `tid` first, and a slot whose tid changed while it was read is skipped.
-    pub fn occupied(&self) -> Vec<WaitSlot> {
-        let mut out = Vec::new();
-        for i in 0..self.len {
-            // SAFETY: i < len, inside the mapping; volatile because the kernel writes it.
-            let p = unsafe { self.ptr.add(i) };
-            let tid = unsafe { std::ptr::read_volatile(&(*p).tid) };
-            if tid == 0 {
-                continue;
-            }
-            let slot = unsafe { std::ptr::read_volatile(p) };
-            if slot.tid == tid {
-                out.push(slot);
-            }
+    fn slot(&self, tid: u32) -> Option<*mut WaitSlot> {
+        // SAFETY: checked to be inside the mapping.
+        ((tid as usize) < self.len).then(|| unsafe { self.ptr.add(tid as usize) })
+    }
+
+    /// The slot of `tid` if it is in a wait call, copied out. The kernel writes concurrently:
+    /// `tgid` is read first and again after the rest, and a slot that changed is skipped.
+    pub fn get(&self, tid: u32) -> Option<WaitSlot> {
+        let p = self.slot(tid)?;
+        // SAFETY: inside the mapping; volatile because the kernel writes it.
+        let tgid = unsafe { std::ptr::read_volatile(&(*p).tgid) };
+        if tgid == 0 {
+            return None;
         }
-        out
+        let slot = unsafe { std::ptr::read_volatile(p) };
+        (slot.tgid == tgid).then_some(slot)
     }
 
     /// Puts a thread found blocked at start-up into the table, as the kernel would have at its
-    /// syscall entry. Returns false if its slot is taken.
-    pub fn insert(&self, slot: WaitSlot) -> bool {
-        let i = slot.tid as usize & (self.len - 1);
+    /// syscall entry. Returns false if it already holds its slot, or its tid is out of range.
+    pub fn insert(&self, tid: u32, slot: WaitSlot) -> bool {
+        let Some(p) = self.slot(tid) else {
+            return false;
+        };
         // SAFETY: inside the mapping.
-        let p = unsafe { self.ptr.add(i) };
         unsafe {
-            if std::ptr::read_volatile(&(*p).tid) != 0 {
+            if std::ptr::read_volatile(&(*p).tgid) != 0 {
                 return false;
             }
-            std::ptr::write_volatile(p, WaitSlot { tid: 0, ..slot });
-            std::ptr::write_volatile(&mut (*p).tid, slot.tid);
+            std::ptr::write_volatile(p, WaitSlot { tgid: 0, ..slot });
+            std::ptr::write_volatile(&mut (*p).tgid, slot.tgid);
         }
         true
     }
 
-    /// Frees the slot of `tid` if it still holds it.
+    /// Frees the slot of `tid` if it holds one.
     pub fn remove(&self, tid: u32) {
-        let i = tid as usize & (self.len - 1);
-        // SAFETY: inside the mapping.
-        let p = unsafe { self.ptr.add(i) };
-        unsafe {
-            if std::ptr::read_volatile(&(*p).tid) == tid {
-                std::ptr::write_volatile(&mut (*p).tid, 0);
-            }
+        if let Some(p) = self.slot(tid) {
+            // SAFETY: inside the mapping.
+            unsafe { std::ptr::write_volatile(&mut (*p).tgid, 0) };
         }
     }
 }
@@ -167,32 +164,51 @@ impl Drop for WaitTable {
     }
 }
 
+/// `WAIT_SLOTS`' length for a host whose `kernel.pid_max` is `pid_max`: every tid below it
+/// has a slot, rounded up to whole pages, at most the kernel's own limit.
+pub fn wait_slots_len(pid_max: u32) -> u32 {
+    use tracer_common::maps::WAIT_SLOTS_MAX_LEN;
+    pid_max.clamp(256, WAIT_SLOTS_MAX_LEN).div_ceil(256) * 256
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn snapshot_separates_futex_from_polls_and_skips_young_and_unslept_waits() {
-        let w = |tid, tgid, syscall: u32, start_ns| WaitSlot {
+        let w = |tgid, syscall: u32, start_ns| WaitSlot {
             start_ns,
-            tid,
             tgid,
             syscall: syscall as u16,
             ..Default::default()
         };
         let entries = vec![
-            w(1, 10, syscalls::FUTEX, 100),
-            w(2, 10, syscalls::FUTEX, 50),
-            w(3, 10, syscalls::PPOLL, 70),
-            w(4, 10, syscalls::FUTEX, 990), // too young
-            w(5, 20, syscalls::SELECT, 10),
-            w(0, 30, syscalls::FUTEX, 10), // a free slot
-            w(6, 40, syscalls::FUTEX, 0),  // in the call, has not slept: not parked
+            w(10, syscalls::FUTEX, 100),
+            w(10, syscalls::FUTEX, 50),
+            w(10, syscalls::PPOLL, 70),
+            w(10, syscalls::FUTEX, 990), // too young
+            w(20, syscalls::SELECT, 10),
+            w(0, syscalls::FUTEX, 10), // a free slot
+            w(40, syscalls::FUTEX, 0), // in the call, has not slept: not parked
         ];
         let s = wait_snapshot(entries.into_iter(), 1000, 100);
         assert_eq!(s.len(), 2);
         assert_eq!((s[0].futex_parked, s[0].futex_oldest_ns), (2, 50));
         assert_eq!((s[0].poll_waiting, s[0].poll_oldest_ns), (1, 70));
         assert_eq!((s[1].futex_parked, s[1].poll_waiting), (0, 1));
+    }
+
+    #[test]
+    fn every_tid_below_pid_max_has_a_slot_in_whole_pages() {
+        assert_eq!(wait_slots_len(32_768), 32_768);
+        assert_eq!(wait_slots_len(4_194_304), 4_194_304);
+        assert_eq!(wait_slots_len(100_000), 100_096);
+        assert_eq!(wait_slots_len(10), 256);
+        assert_eq!(wait_slots_len(u32::MAX), 1 << 22);
+        for n in [10, 300, 32_768, 100_000] {
+            assert_eq!(wait_slots_len(n) as usize * size_of::<WaitSlot>() % 4096, 0);
+            assert!(wait_slots_len(n) >= n);
+        }
     }
 }

@@ -8,8 +8,15 @@ pub const TRACEFS: &str = "/sys/kernel/tracing";
 /// it if needed. Returns the directory that holds `events/`.
 pub fn ensure_tracefs() -> Result<&'static str, String> {
     for dir in [TRACEFS, "/sys/kernel/debug/tracing"] {
-        if Path::new(dir).join("events").is_dir() {
-            return Ok(dir);
+        match std::fs::metadata(Path::new(dir).join("events")) {
+            Ok(m) if m.is_dir() => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(format!(
+                    "tracefs at {dir} is not readable by this user: run as root, or grant \
+                     CAP_DAC_READ_SEARCH"
+                ));
+            }
+            _ => {}
         }
     }
     if !Path::new(TRACEFS).is_dir() {

@@ -14,10 +14,16 @@ pub enum Meta {
         id: u64,
         path: String,
     },
-    /// Threads blocked right now, per process, read from the kernel's `WAITING` map.
+    /// Threads blocked right now, per process, read from the kernel's `WAIT_SLOTS` array.
     Waits {
         ts_ns: u64,
         processes: Vec<WaitAggregate>,
+    },
+    /// After lost events: the live threads of a process, re-read from /proc (empty: gone).
+    Threads {
+        ts_ns: u64,
+        pid: u32,
+        tids: Vec<u32>,
     },
     /// Cumulative kernel counters (per-CPU sums), by name.
     Stats {
@@ -55,6 +61,9 @@ pub struct ProbeStatus {
     pub attached: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Attached, but doing less than on the newest kernels: what is missing (one line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -67,6 +76,14 @@ pub struct ProcessSeed {
     pub rss_bytes: u64,
     /// The current program break, when known (end of `[heap]`, or `start_brk`).
     pub brk: Option<u64>,
+    /// The heap's start (`start_brk` in /proc/<pid>/stat), when known.
+    #[serde(default)]
+    pub start_brk: Option<u64>,
+    /// CLOCK_MONOTONIC ns when /proc was read (0 in older files: the start of tracing). The
+    /// programs run before the scan: an event for this pid stamped earlier than this is of
+    /// this same process (its creation, raced with the scan), not of a reused pid.
+    #[serde(default)]
+    pub seen_ns: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -36,8 +36,12 @@ pub struct TraceReader<R: Read> {
     pos: usize,
     /// Why reading stopped early, if it did: a human sentence with the byte offset.
     truncated: Option<String>,
-    /// Records skipped inside otherwise good blocks (unknown tags, bad JSON).
+    /// Records skipped inside otherwise good blocks (unknown tags, bad JSON, and every record
+    /// after a length that runs past the block's end).
     skipped: u64,
+    /// The current block's record count (from its header), and how many were taken so far.
+    block_records: u32,
+    block_taken: u32,
     done: bool,
 }
 
@@ -63,6 +67,8 @@ impl<R: Read> TraceReader<R> {
             pos: 0,
             truncated: None,
             skipped: 0,
+            block_records: 0,
+            block_taken: 0,
             done: false,
         })
     }
@@ -119,6 +125,7 @@ impl<R: Read> TraceReader<R> {
         }
         let len = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes")) as usize;
         let crc = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes"));
+        let records = u32::from_le_bytes(head[12..16].try_into().expect("4 bytes"));
         if len > MAX_BLOCK {
             self.stop(format!(
                 "block at byte {at} claims {len} bytes (more than {MAX_BLOCK}): corrupt; \
@@ -145,6 +152,8 @@ impl<R: Read> TraceReader<R> {
         }
         self.offset += (BLOCK_HEADER_LEN + len) as u64;
         self.pos = 0;
+        self.block_records = records;
+        self.block_taken = 0;
         Ok(true)
     }
 
@@ -160,20 +169,26 @@ impl<R: Read> TraceReader<R> {
                 continue;
             }
             let rest = &self.block[self.pos..];
-            if rest.len() < RECORD_HEADER_LEN {
-                // The CRC passed, so the writer made this: treat the tail as padding.
-                self.skipped += 1;
-                self.pos = self.block.len();
-                continue;
-            }
-            let tag = u16::from_le_bytes([rest[0], rest[1]]);
-            let len = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes")) as usize;
-            let Some(body) = rest.get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + len) else {
-                self.skipped += 1;
+            let body = (rest.len() >= RECORD_HEADER_LEN)
+                .then(|| u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes")) as usize)
+                .and_then(|len| rest.get(RECORD_HEADER_LEN..RECORD_HEADER_LEN.checked_add(len)?));
+            let Some(body) = body else {
+                // A record header or length that runs past the block (written corrupt: the
+                // CRC passed): the records after it cannot be found. Count them all.
+                let lost = self.block_records.saturating_sub(self.block_taken).max(1);
+                self.skipped += u64::from(lost);
+                tracing::warn!(
+                    "trace file: a record at byte {} of the block before byte {} has a bad \
+                     length; {lost} records of that block are skipped",
+                    self.pos,
+                    self.offset
+                );
                 self.pos = self.block.len();
                 continue;
             };
-            self.pos += RECORD_HEADER_LEN + len;
+            let tag = u16::from_le_bytes([rest[0], rest[1]]);
+            self.pos += RECORD_HEADER_LEN + body.len();
+            self.block_taken += 1;
             match tag {
                 TAG_EVENT => return Ok(Some(Record::Event(body.to_vec()))),
                 TAG_META => match serde_json::from_slice(body) {
@@ -252,6 +267,25 @@ mod tests {
             let expect = if cut >= first_block_end { 2 } else { 0 };
             assert_eq!(recs.len(), expect, "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn a_bad_record_length_behind_a_good_checksum_is_counted() {
+        let mut w = TraceWriter::new(Vec::new()).unwrap();
+        for i in 0..4u8 {
+            w.event(&[i; 8]).unwrap();
+        }
+        let mut bytes = w.into_inner().unwrap();
+        // The second record's length: past the first record (8 + 8 bytes) in the payload.
+        let payload = FILE_HEADER_LEN + BLOCK_HEADER_LEN;
+        let len_at = payload + RECORD_HEADER_LEN + 8 + 4;
+        bytes[len_at..len_at + 4].copy_from_slice(&1_000_000u32.to_le_bytes());
+        let crc = crc32fast::hash(&bytes[payload..]);
+        bytes[payload - 8..payload - 4].copy_from_slice(&crc.to_le_bytes());
+        let mut r = TraceReader::new(&bytes[..]).unwrap();
+        let recs: Vec<Record> = r.by_ref().map(|r| r.unwrap()).collect();
+        assert_eq!(recs, vec![Record::Event(vec![0; 8])]);
+        assert_eq!(r.skipped(), 3, "the bad record and the two it hides");
     }
 
     #[test]
