@@ -389,3 +389,28 @@ fn a_tracepoint_with_another_layout_is_refused_by_name_and_the_rest_runs() {
             .contains("probe tracepoint/oom/mark_victim was not attached")
     );
 }
+
+#[test]
+fn a_process_moved_to_another_cgroup_after_its_fork_is_charged_there() {
+    require_root();
+    // What runc and systemd do: fork, move the child into the unit's cgroup, exec.
+    let v2 = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .into_iter()
+        .map(std::path::Path::new)
+        .find(|d| d.join("cgroup.controllers").exists())
+        .expect("a cgroup2 hierarchy (cgroup.controllers is v2-only)");
+    let name = format!("tracer-test-move-{}", std::process::id());
+    let dir = v2.join(&name);
+    std::fs::create_dir_all(&dir).expect("creating a cgroup");
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec {} park 2 200",
+        dir.display(),
+        workload()
+    );
+    let t = record(&[], &["sh", "-c", &script]);
+    let _ = std::fs::remove_dir(&dir);
+    assert_eq!(t.status, 0, "{}", t.stderr());
+    let p = t.workload_proc();
+    assert_eq!(p.cgroup, format!("/{name}"), "{p:#?}");
+    assert_eq!(p.threads_created, 2);
+}

@@ -196,6 +196,11 @@ pub fn render_text(r: &Report, limit: usize) -> String {
             p.error.as_deref().unwrap_or("?")
         );
     }
+    for p in r.probes.iter().filter(|p| p.attached) {
+        if let Some(n) = &p.note {
+            let _ = writeln!(o, "note: probe {}: {n}", p.name);
+        }
+    }
     if r.host.oom_kills > 0 {
         let _ = writeln!(o, "OOM kills: {}", r.host.oom_kills);
     }

@@ -357,10 +357,14 @@ fn server(p: &Paths) -> anyhow::Result<()> {
             "
 ## redis-server under redis-benchmark (SET+GET requests/s, median of {ROUNDS} interleaved rounds)"
         );
+        let losses = if peer_r < 1.0 {
+            format!("{:.2}", (1.0 - ours_r) / (1.0 - peer_r))
+        } else {
+            "n/a (the peer lost nothing measurable)".to_owned()
+        };
         println!(
             "untraced {base:.0}  tracer {ours:.0} ({ours_r:.3}x)  bpftrace {peer:.0} ({peer_r:.3}x)  \
-             tracer's loss / peer's loss = {:.2} (target: tracer >= 0.95x, loss <= the peer's)",
-            (1.0 - ours_r) / (1.0 - peer_r)
+             tracer's loss / peer's loss = {losses} (target: tracer >= 0.95x, loss <= the peer's)"
         );
         Ok(())
     })();

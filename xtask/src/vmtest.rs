@@ -149,7 +149,7 @@ pub fn run(root: &Path, only: &[String], tests: &[PathBuf]) -> anyhow::Result<Ou
     let work = root.join("target/vmtest");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
-    let initrd = build_initramfs(root, &work, tests)?;
+    let initrd = build_initramfs(&work, tests)?;
     let mut out = Outcome {
         passed: 0,
         failed: 0,
@@ -292,7 +292,7 @@ fn find_vmlinuz(dir: &Path) -> Option<PathBuf> {
 }
 
 /// The initramfs (gzip'd newc cpio) with everything the tests need.
-fn build_initramfs(_root: &Path, work: &Path, tests: &[PathBuf]) -> anyhow::Result<PathBuf> {
+fn build_initramfs(work: &Path, tests: &[PathBuf]) -> anyhow::Result<PathBuf> {
     let tree = work.join("initramfs");
     for d in [
         "usr/bin",
