@@ -222,6 +222,52 @@ fn pid_mode_sees_threads_parked_before_tracing_started() {
     assert_eq!(parks, 3);
 }
 
+/// A copy of the real tracefs' format and id files of the classic tracepoints the tracer uses,
+/// with mark_victim's format passed through `edit`: what a kernel with another layout shows.
+fn fake_tracefs(edit: impl Fn(&str) -> String) -> std::path::PathBuf {
+    let real = std::path::Path::new("/sys/kernel/tracing");
+    if !real.join("events").is_dir() {
+        let st = Command::new("mount")
+            .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
+            .status()
+            .expect("mount");
+        assert!(st.success(), "mounting tracefs");
+    }
+    let fake = temp_path("tracefs");
+    for tp in tracer_common::tracepoints::ALL {
+        let rel = format!("events/{}/{}", tp.category, tp.name);
+        std::fs::create_dir_all(fake.join(&rel)).expect("mkdir");
+        for f in ["format", "id"] {
+            let mut text = std::fs::read_to_string(real.join(&rel).join(f)).expect("read");
+            if tp.name == "mark_victim" && f == "format" {
+                text = edit(&text);
+            }
+            std::fs::write(fake.join(&rel).join(f), text).expect("write");
+        }
+    }
+    fake
+}
+
+/// `tracer record -o FILE --sample-ms 100 -- CMD` in a private mount namespace where `fake`
+/// is /sys/kernel/tracing (real tracepoint ids, edited layouts).
+fn record_with_tracefs(
+    fake: &std::path::Path,
+    file: &std::path::Path,
+    cmd: &[&str],
+) -> std::process::Output {
+    let script = format!(
+        "mount --bind {} /sys/kernel/tracing && exec {} record -o {} --sample-ms 100 -- {}",
+        fake.display(),
+        tracer_bin().display(),
+        file.display(),
+        cmd.join(" ")
+    );
+    Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("unshare")
+}
+
 /// `tracer: wrote N events (B bytes) to FILE`
 fn out_file(stderr: &str) -> std::path::PathBuf {
     let line = stderr
@@ -239,7 +285,10 @@ struct MemCgroup {
 
 impl MemCgroup {
     fn new(bytes: u64) -> Self {
-        let name = format!("tracer-test-oom-{}", std::process::id());
+        // Unique per instance: tests run in parallel, and each removes its own on drop.
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let name = format!("tracer-test-oom-{}-{n}", std::process::id());
         let v2 = std::path::Path::new("/sys/fs/cgroup/unified");
         let v2_root = if v2.join("cgroup.controllers").exists() {
             v2.to_path_buf()
@@ -326,38 +375,9 @@ fn a_tracepoint_with_another_layout_is_refused_by_name_and_the_rest_runs() {
     // mark_victim's `pid` field moved (so neither the full layout nor the pid-only one of
     // older kernels matches). (A classic tracepoint: the per-thread and
     // per-fault hooks are BTF tracepoints here, which need no format file.)
-    let real = std::path::Path::new("/sys/kernel/tracing");
-    if !real.join("events").is_dir() {
-        let st = Command::new("mount")
-            .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
-            .status()
-            .expect("mount");
-        assert!(st.success(), "mounting tracefs");
-    }
-    let fake = temp_path("tracefs");
-    for tp in tracer_common::tracepoints::ALL {
-        let rel = format!("events/{}/{}", tp.category, tp.name);
-        std::fs::create_dir_all(fake.join(&rel)).expect("mkdir");
-        for f in ["format", "id"] {
-            let mut text = std::fs::read_to_string(real.join(&rel).join(f)).expect("read");
-            if tp.name == "mark_victim" && f == "format" {
-                text = text.replace(" pid;\toffset:8;", " pid;\toffset:12;");
-            }
-            std::fs::write(fake.join(&rel).join(f), text).expect("write");
-        }
-    }
+    let fake = fake_tracefs(|text| text.replace(" pid;\toffset:8;", " pid;\toffset:12;"));
     let file = temp_path("refused.trc");
-    let script = format!(
-        "mount --bind {} /sys/kernel/tracing && exec {} record -o {} --sample-ms 100 -- {} park 2 300",
-        fake.display(),
-        tracer_bin().display(),
-        file.display(),
-        workload()
-    );
-    let out = Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", &script])
-        .output()
-        .expect("unshare");
+    let out = record_with_tracefs(&fake, &file, &[workload(), "park", "2", "300"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
@@ -413,4 +433,57 @@ fn a_process_moved_to_another_cgroup_after_its_fork_is_charged_there() {
     let p = t.workload_proc();
     assert_eq!(p.cgroup, format!("/{name}"), "{p:#?}");
     assert_eq!(p.threads_created, 2);
+}
+
+#[test]
+fn an_oom_kill_on_a_kernel_whose_mark_victim_has_only_the_pid() {
+    require_root();
+    // Kernels before 5.19 (bar backports) record the victim's pid alone: the older layout's
+    // program is attached, the degradation is said, and the kill is still seen.
+    let fake = fake_tracefs(|text| {
+        text.lines()
+            .filter(|l| !l.contains("field:") || l.contains("common_") || l.contains(" pid;"))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    });
+    let cg = MemCgroup::new(64 << 20);
+    let file = temp_path("oom-pid-only.trc");
+    let out = record_with_tracefs(
+        &fake,
+        &file,
+        &[workload(), "oom", cg.dir.to_str().expect("utf-8 path")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(128 + 9), "{stderr}");
+    assert!(
+        stderr.contains("mark_victim") && stderr.contains("pid only"),
+        "the degradation is named: {stderr}"
+    );
+    let report = read_report(&file);
+    let probe = report
+        .probes
+        .iter()
+        .find(|p| p.name == "tracepoint/oom/mark_victim")
+        .expect("mark_victim listed");
+    assert!(probe.attached && probe.note.as_deref().unwrap_or("").contains("pid only"));
+    assert_eq!(report.host.oom_kills, 1);
+    let p = report
+        .processes
+        .iter()
+        .find(|p| p.oom_killed)
+        .expect("the victim is marked");
+    assert_eq!(p.signal, Some(9));
+    let oom = read_events(&file)
+        .into_iter()
+        .find_map(|e| match e {
+            Event::Oom(o) => Some(o),
+            _ => None,
+        })
+        .expect("an OOM event");
+    assert_eq!(oom.victim_pid, p.pid);
+    assert_eq!(oom.flags, tracer_common::OOM_PID_ONLY);
+    assert!(
+        String::from_utf8_lossy(&run_report(&file, &[]).stdout)
+            .contains("note: probe tracepoint/oom/mark_victim")
+    );
 }

@@ -228,35 +228,17 @@ fn kernel_image(cache: &Path, k: &Kernel) -> anyhow::Result<PathBuf> {
         run_quiet(Command::new("apt-get").args(&opts).args(["update", "-q"]))
             .context("apt-get update with the private sources list")?;
     }
-    let names = Command::new("apt-cache")
-        .args(&opts)
-        .args(["pkgnames", "linux-image-"])
-        .output()
-        .context("apt-cache pkgnames")?;
-    let pkg = String::from_utf8_lossy(&names.stdout)
-        .lines()
-        .filter_map(|n| {
-            let mid = n.strip_prefix(k.prefix)?.strip_suffix(k.suffix)?;
-            mid.parse::<u32>().ok().map(|v| (v, n.to_owned()))
-        })
-        .max()
-        .map(|(_, n)| n)
-        .with_context(|| {
-            format!(
-                "no package {}N{} in Debian's archive (kernel {})",
-                k.prefix, k.suffix, k.label
-            )
-        })?;
     let dl = cache.join("debs");
     std::fs::create_dir_all(&dl)?;
-    eprintln!("xtask: vmtest: apt-get download {pkg}");
-    run_quiet(
-        Command::new("apt-get")
-            .args(&opts)
-            .args(["download", "-q", &pkg])
-            .current_dir(&dl),
-    )
-    .with_context(|| format!("apt-get download {pkg}"))?;
+    let pkg = match newest_package(&opts, k).and_then(|pkg| download(&opts, &dl, &pkg)) {
+        Ok(pkg) => pkg,
+        Err(_) => {
+            // Cached package lists can name a package the archive has since dropped.
+            run_quiet(Command::new("apt-get").args(&opts).args(["update", "-q"]))
+                .context("apt-get update with the private sources list")?;
+            download(&opts, &dl, &newest_package(&opts, k)?)?
+        }
+    };
     let deb = std::fs::read_dir(&dl)?
         .flatten()
         .map(|e| e.path())
@@ -278,6 +260,42 @@ fn kernel_image(cache: &Path, k: &Kernel) -> anyhow::Result<PathBuf> {
     let _ = std::fs::remove_dir_all(&tmp);
     let _ = std::fs::remove_file(&deb);
     Ok(dest)
+}
+
+/// The newest package of kernel `k` in the private package lists.
+fn newest_package(opts: &[String], k: &Kernel) -> anyhow::Result<String> {
+    let names = Command::new("apt-cache")
+        .args(opts)
+        .args(["pkgnames", "linux-image-"])
+        .output()
+        .context("apt-cache pkgnames")?;
+    String::from_utf8_lossy(&names.stdout)
+        .lines()
+        .filter_map(|n| {
+            let mid = n.strip_prefix(k.prefix)?.strip_suffix(k.suffix)?;
+            mid.parse::<u32>().ok().map(|v| (v, n.to_owned()))
+        })
+        .max()
+        .map(|(_, n)| n)
+        .with_context(|| {
+            format!(
+                "no package {}N{} in Debian's archive (kernel {})",
+                k.prefix, k.suffix, k.label
+            )
+        })
+}
+
+/// `apt-get download pkg` into `dir`; returns the package name.
+fn download(opts: &[String], dir: &Path, pkg: &str) -> anyhow::Result<String> {
+    eprintln!("xtask: vmtest: apt-get download {pkg}");
+    run_quiet(
+        Command::new("apt-get")
+            .args(opts)
+            .args(["download", "-q", pkg])
+            .current_dir(dir),
+    )
+    .with_context(|| format!("apt-get download {pkg}"))?;
+    Ok(pkg.to_owned())
 }
 
 fn find_vmlinuz(dir: &Path) -> Option<PathBuf> {

@@ -709,8 +709,9 @@ fn perf_attach_error(e: &aya::programs::ProgramError) -> String {
 /// What an older layout's program leaves out.
 fn degraded_note(program: &str) -> String {
     match program {
-        "mark_victim_pid" => "the kernel gives the OOM victim's pid only (before 5.19): its \
-                              memory at the kill is the last RSS that rss_stat reported"
+        "mark_victim_pid" => "pid only: this kernel's oom/mark_victim gives the victim's pid \
+                              alone (before 5.19); its memory at the kill is the last RSS that \
+                              rss_stat reported"
             .to_owned(),
         other => format!("older layout ({other})"),
     }
