@@ -89,7 +89,9 @@ export PATH=/usr/bin:/usr/sbin:/bin:/sbin HOME=/root RUST_BACKTRACE=1 TMPDIR=/tm
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
-mount -t tmpfs -o size=1g tmp /tmp
+# No tmpfs over /tmp: the root is already in RAM, and a checkout under /tmp (where CI may
+# clone) holds the binaries.
+chmod 1777 /tmp
 mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 mount -t tmpfs cgroup /sys/fs/cgroup
 for c in memory pids; do mkdir -p /sys/fs/cgroup/$c; mount -t cgroup -o $c cgroup /sys/fs/cgroup/$c; done
