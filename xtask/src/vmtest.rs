@@ -8,7 +8,7 @@
 //!   tracer, the workload and the test binaries at the same absolute paths as on the host (so
 //!   the tests run unchanged: they find `tracer` next to their own `deps/` directory), and
 //!   the glibc files they load (`ldd`).
-//! - `/init` mounts what a Debian host has (proc, sys, devtmpfs, a tmpfs `/tmp`, tracefs and
+//! - `/init` mounts what a Debian host has (proc, sys, devtmpfs, tracefs and
 //!   the same hybrid cgroup layout as this machine: v1 memory and pids under `/sys/fs/cgroup`,
 //!   cgroup2 at `/sys/fs/cgroup/unified`), runs each test binary, prints its output on the
 //!   serial console, and powers off.
