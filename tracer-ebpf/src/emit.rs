@@ -84,15 +84,28 @@ pub fn btf_field<T: Copy>(obj: *const u8, off: &'static u64) -> T {
     unsafe { core::ptr::read_volatile(obj.add(global(off) as usize) as *const T) }
 }
 
+/// `*(base + off)` of a kernel object by probe read (programs whose pointers are untyped:
+/// classic and raw tracepoints, or kernels without the BTF helpers). None when the object or
+/// the offset (0: not found in BTF) is unknown, or the read fails.
+#[inline(always)]
+pub fn kernel_read<T>(base: u64, off: &'static u64) -> Option<T> {
+    let off = global(off);
+    if base == 0 || off == 0 {
+        return None;
+    }
+    unsafe { bpf_probe_read_kernel((base + off) as *const T) }.ok()
+}
+
+/// A field of the current task, by probe read (see [`kernel_read`]).
+#[inline(always)]
+pub fn current_task_read<T>(off: &'static u64) -> Option<T> {
+    kernel_read(unsafe { bpf_get_current_task() }, off)
+}
+
 /// The current task's `exit_code`, or -1 when the offset is unknown.
 #[inline(always)]
 pub fn current_exit_code() -> i32 {
-    let off = global(&TASK_EXIT_CODE_OFF);
-    if off == 0 {
-        return -1;
-    }
-    let task = unsafe { bpf_get_current_task() } as *const u8;
-    unsafe { bpf_probe_read_kernel(task.add(off as usize) as *const i32) }.unwrap_or(-1)
+    current_task_read(&TASK_EXIT_CODE_OFF).unwrap_or(-1)
 }
 
 #[inline(always)]

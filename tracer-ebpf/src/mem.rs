@@ -5,10 +5,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{
-        bpf_probe_read_kernel,
-        generated::{bpf_get_current_task, bpf_get_current_task_btf},
-    },
+    helpers::{bpf_probe_read_kernel, generated::bpf_get_current_task_btf},
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
@@ -21,7 +18,7 @@ use tracer_common::{
 use crate::{
     emit::{
         MM_RSS_STAT_OFF, PCPU_COUNT_OFF, PCPU_COUNTER_SIZE, RSS_LAST, TASK_MM_OFF, btf_field, bump,
-        emit, filtering, global, header, now_ns, pid_tgid, rss_granule, traced,
+        current_task_read, emit, filtering, global, header, now_ns, pid_tgid, rss_granule, traced,
     },
     task::field,
 };
@@ -82,9 +79,7 @@ pub fn rss_stat_btf_count(ctx: BtfTracePointContext) -> i32 {
     let mm: *const u8 = ctx.arg(0);
     let member: u64 = ctx.arg(1);
     let count: i64 = ctx.arg(2);
-    let task = unsafe { bpf_get_current_task() } as *const u8;
-    let off = global(&TASK_MM_OFF) as usize;
-    let task_mm: u64 = unsafe { bpf_probe_read_kernel(task.add(off) as *const u64) }.unwrap_or(0);
+    let task_mm: u64 = current_task_read(&TASK_MM_OFF).unwrap_or(0);
     rss_update(
         task_mm == mm as u64,
         member as i32,
@@ -162,8 +157,7 @@ pub fn mark_victim(ctx: TracePointContext) -> u32 {
             shmem_rss_kb: field(&ctx, OOM_SHMEM_RSS),
             uid: field(&ctx, OOM_UID),
             oom_score_adj: adj as i32,
-            flags: 0,
-            ..pid_only()
+            ..oom_event(0)
         },
     )
 }
@@ -171,11 +165,12 @@ pub fn mark_victim(ctx: TracePointContext) -> u32 {
 /// `oom/mark_victim` before 5.19: the record is the victim's pid alone.
 #[tracepoint(category = "oom", name = "mark_victim")]
 pub fn mark_victim_pid(ctx: TracePointContext) -> u32 {
-    oom_victim(&ctx, pid_only())
+    oom_victim(&ctx, oom_event(OOM_PID_ONLY))
 }
 
+/// An OOM event with only `flags` set (the rest is filled in by the caller).
 #[inline(always)]
-fn pid_only() -> OomEvent {
+fn oom_event(flags: u32) -> OomEvent {
     OomEvent {
         hdr: Default::default(),
         total_vm_kb: 0,
@@ -185,7 +180,7 @@ fn pid_only() -> OomEvent {
         victim_pid: 0,
         uid: 0,
         oom_score_adj: 0,
-        flags: OOM_PID_ONLY,
+        flags,
     }
 }
 

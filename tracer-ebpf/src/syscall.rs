@@ -12,7 +12,7 @@
 //! never streamed.
 
 use aya_ebpf::{
-    helpers::{bpf_probe_read_kernel, generated::bpf_get_current_task},
+    helpers::bpf_probe_read_kernel,
     macros::{btf_tracepoint, raw_tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
@@ -24,8 +24,8 @@ use tracer_common::{
 
 use crate::batch;
 use crate::emit::{
-    MM_START_BRK_OFF, TASK_MM_OFF, bump, emit, global, header, is_self, min_wait_ns, now_ns,
-    pid_tgid, put_wait, switch_hooked, take_wait, traced,
+    MM_START_BRK_OFF, TASK_MM_OFF, bump, current_task_read, emit, header, is_self, kernel_read,
+    min_wait_ns, now_ns, pid_tgid, put_wait, switch_hooked, take_wait, traced,
 };
 
 // x86_64 `struct pt_regs` word indexes. The layout is user ABI (ptrace), so fixed offsets are
@@ -282,18 +282,9 @@ fn on_mem_exit<R: Regs>(id: u32, r: R, ret: i64) {
 /// probe reads (offsets from BTF): brk moves are rare, and this works on every kernel.
 #[inline(always)]
 fn start_brk() -> u64 {
-    let (mm_off, brk_off) = (global(&TASK_MM_OFF), global(&MM_START_BRK_OFF));
-    if mm_off == 0 || brk_off == 0 {
-        return 0;
-    }
-    let task = unsafe { bpf_get_current_task() } as *const u8;
-    let Ok(mm) = (unsafe { bpf_probe_read_kernel(task.add(mm_off as usize) as *const u64) }) else {
-        return 0;
-    };
-    if mm == 0 {
-        return 0;
-    }
-    unsafe { bpf_probe_read_kernel((mm + brk_off) as *const u64) }.unwrap_or(0)
+    current_task_read::<u64>(&TASK_MM_OFF)
+        .and_then(|mm| kernel_read(mm, &MM_START_BRK_OFF))
+        .unwrap_or(0)
 }
 
 #[inline(always)]

@@ -11,9 +11,7 @@
 use aya_ebpf::{
     EbpfContext,
     cty::c_void,
-    helpers::{
-        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, generated::bpf_get_current_comm,
-    },
+    helpers::{bpf_probe_read_kernel_str_bytes, generated::bpf_get_current_comm},
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
@@ -24,8 +22,8 @@ use tracer_common::{
 
 use crate::emit::{
     SIGNAL_LIVE_OFF, TASK_EXIT_CODE_OFF, TASK_PID_OFF, TASK_SIGNAL_OFF, TASK_TGID_OFF, TRACED,
-    btf_field, bump, current_exit_code, filtering, global, header, now_ns, pid_tgid, reserve,
-    submit, take_wait, traced,
+    btf_field, bump, current_exit_code, current_task_read, filtering, header, kernel_read, now_ns,
+    pid_tgid, reserve, submit, take_wait, traced,
 };
 
 /// Reads a field of a classic tracepoint record. The verifier allows direct loads from the
@@ -132,20 +130,9 @@ fn dead_if(live: i32) -> u32 {
 /// `group_dead` of the current task through probe reads (classic tracepoint), or unknown.
 #[inline(always)]
 fn current_group_dead() -> u32 {
-    let (sig_off, live_off) = (global(&TASK_SIGNAL_OFF), global(&SIGNAL_LIVE_OFF));
-    if sig_off == 0 || live_off == 0 {
-        return GROUP_DEAD_UNKNOWN;
-    }
-    let task = unsafe { aya_ebpf::helpers::generated::bpf_get_current_task() } as *const u8;
-    let Ok(signal) =
-        (unsafe { bpf_probe_read_kernel(task.add(sig_off as usize) as *const *const u8) })
-    else {
-        return GROUP_DEAD_UNKNOWN;
-    };
-    match unsafe { bpf_probe_read_kernel(signal.add(live_off as usize) as *const i32) } {
-        Ok(live) => dead_if(live),
-        Err(_) => GROUP_DEAD_UNKNOWN,
-    }
+    current_task_read::<u64>(&TASK_SIGNAL_OFF)
+        .and_then(|signal| kernel_read::<i32>(signal, &SIGNAL_LIVE_OFF))
+        .map_or(GROUP_DEAD_UNKNOWN, dead_if)
 }
 
 #[inline(always)]

@@ -664,6 +664,22 @@ mod tests {
         })
     }
 
+    /// A brk of `pid` to `addr` whose heap starts at `start` (0: unknown).
+    fn brk_event(ts: u64, pid: u32, start: u64, addr: u64) -> Event {
+        Event::Brk(MemEvent {
+            hdr: hdr(EventKind::Brk, ts, pid, pid),
+            addr,
+            len: addr,
+            old_len: 0,
+            old_addr: start,
+            ret: addr as i64,
+            prot: 0,
+            flags: 0,
+            fd: -1,
+            _pad: 0,
+        })
+    }
+
     fn find(m: &Model, pid: u32) -> ProcessSummary {
         m.summaries().into_iter().rfind(|s| s.pid == pid).unwrap()
     }
@@ -899,20 +915,8 @@ mod tests {
     #[test]
     fn brk_growth_counts_from_the_first_known_break() {
         let mut m = Model::new(10);
-        let brk = |ts, addr| {
-            Event::Brk(MemEvent {
-                hdr: hdr(EventKind::Brk, ts, 100, 100),
-                addr,
-                len: addr,
-                old_len: 0,
-                old_addr: 0,
-                ret: addr as i64,
-                prot: 0,
-                flags: 0,
-                fd: -1,
-                _pad: 0,
-            })
-        };
+        // Without the heap start (a kernel whose BTF lacks it): growth from the last break.
+        let brk = |ts, addr| brk_event(ts, 100, 0, addr);
         m.seed(
             &ProcessSeed {
                 pid: 100,
@@ -932,20 +936,7 @@ mod tests {
     #[test]
     fn a_lost_exec_does_not_make_the_parents_break_the_baseline() {
         let mut m = Model::new(10);
-        let brk = |ts, pid, start, addr| {
-            Event::Brk(MemEvent {
-                hdr: hdr(EventKind::Brk, ts, pid, pid),
-                addr,
-                len: addr,
-                old_len: 0,
-                old_addr: start,
-                ret: addr as i64,
-                prot: 0,
-                flags: 0,
-                fd: -1,
-                _pad: 0,
-            })
-        };
+        let brk = brk_event;
         // The parent's heap is high; its child execs (event lost) a program whose heap
         // starts far below and grows by 0x3000.
         m.apply(&newtask(1, 1, 100, false));
