@@ -18,7 +18,8 @@ use tracer_common::maps::Stat;
 
 use crate::{
     cgroups::Cgroups,
-    command::spawn_gated,
+    command::{self, Gate, spawn_gated},
+    engine::Engine,
     events,
     model::Model,
     probes::{LoadConfig, Probes, wait_snapshot},
@@ -118,10 +119,11 @@ impl Sink {
     }
 }
 
-/// State shared by the drain and sample steps.
+/// State shared by the drain and sample steps. Every record goes to the file (if any) and to
+/// the engine, in the same order, so a report of the file replays what the live view showed.
 struct Session {
     probes: Probes,
-    model: Model,
+    engine: Engine,
     cgroups: Cgroups,
     sink: Sink,
     min_wait_ns: u64,
@@ -129,10 +131,10 @@ struct Session {
 }
 
 /// Decodes one kernel event, writes it (after its cgroup's path, the first time) and feeds the
-/// model. Takes the fields it needs, not the session, so that the caller can
-/// hand it ring-buffer items in place.
+/// engine. Takes the fields it needs, not the session, so that the caller can hand it
+/// ring-buffer items in place.
 fn handle(
-    model: &mut Model,
+    engine: &mut Engine,
     cgroups: &mut Cgroups,
     sink: &mut Sink,
     bytes: &[u8],
@@ -140,51 +142,62 @@ fn handle(
     let ev = match events::decode(bytes) {
         Ok(ev) => ev,
         Err(e) => {
-            model.host.undecodable += 1;
+            engine.model.host.undecodable += 1;
             tracing::warn!("undecodable event from the kernel: {e}");
             return Ok(());
         }
     };
-    note_cgroup(model, cgroups, sink, ev.header().cgroup_id)?;
+    note_cgroup(engine, cgroups, sink, ev.header().cgroup_id)?;
     sink.event(bytes)?;
-    model.apply(&ev);
+    engine.apply(&ev);
+    Ok(())
+}
+
+/// Writes a collector record and feeds it to the engine.
+fn record(engine: &mut Engine, sink: &mut Sink, meta: Meta) -> anyhow::Result<()> {
+    sink.meta(&meta)?;
+    engine.meta(&meta);
     Ok(())
 }
 
 /// The first time a cgroup id is seen (again, once compaction forgot it), resolves its path
-/// and writes it to the file before anything that refers to it.
+/// and records it before anything that refers to it.
 fn note_cgroup(
-    model: &mut Model,
+    engine: &mut Engine,
     cgroups: &mut Cgroups,
     sink: &mut Sink,
     id: u64,
 ) -> anyhow::Result<()> {
     // Unresolved (a cgroup created and removed between two walks): it shows as `cgroup:<id>`,
     // and the next event of that id tries again (a walk is at most once a second).
-    if !model.cgroup_known(id)
+    if !engine.model.cgroup_known(id)
         && let Some(path) = cgroups.resolve(id)
     {
-        sink.meta(&Meta::Cgroup {
-            id,
-            path: path.clone(),
-        })?;
-        model.set_cgroup(id, path);
+        record(engine, sink, Meta::Cgroup { id, path })?;
     }
     Ok(())
 }
 
 impl Session {
+    fn record(&mut self, meta: Meta) -> anyhow::Result<()> {
+        record(&mut self.engine, &mut self.sink, meta)
+    }
+
+    fn model(&self) -> &Model {
+        &self.engine.model
+    }
+
     /// Handles every event waiting in the ring buffer, each read in place.
     fn drain(&mut self) -> anyhow::Result<()> {
         let Session {
             probes,
-            model,
+            engine,
             cgroups,
             sink,
             ..
         } = self;
         while let Some(item) = probes.events.next() {
-            handle(model, cgroups, sink, &item)?;
+            handle(engine, cgroups, sink, &item)?;
         }
         Ok(())
     }
@@ -211,25 +224,23 @@ impl Session {
             );
             self.reconcile(now)?;
         }
-        let waiting = self.probes.waiting(self.model.live_tids());
+        let waiting = self.probes.waiting(self.model().live_tids());
         let waits = wait_snapshot(waiting.into_iter(), now, self.min_wait_ns);
-        self.model.apply_waits(now, &waits);
-        // Ended processes leave the kernel's filter (drained every sample: bounded).
-        for pid in self.model.take_ended() {
-            self.probes.untrace_pid(pid);
-        }
-        self.sink.meta(&Meta::Waits {
+        self.record(Meta::Waits {
             ts_ns: now,
             processes: waits,
         })?;
+        // Ended processes leave the kernel's filter (drained every sample: bounded).
+        for pid in self.engine.model.take_ended() {
+            self.probes.untrace_pid(pid);
+        }
         if let Some(stats) = stats {
-            self.sink.meta(&Meta::Stats {
+            self.record(Meta::Stats {
                 ts_ns: now,
                 counters: stats.to_map(),
             })?;
             self.last_stats = Some(stats);
         }
-        self.model.compact();
         self.sink.flush()
     }
 
@@ -237,14 +248,13 @@ impl Session {
     /// each live process's threads are re-read from /proc and recorded, so that a report of
     /// the file reconciles at the same point.
     fn reconcile(&mut self, now: u64) -> anyhow::Result<()> {
-        for pid in self.model.live_pids() {
+        for pid in self.model().live_pids() {
             let tids = seed::tids(pid);
-            self.sink.meta(&Meta::Threads {
+            self.record(Meta::Threads {
                 ts_ns: now,
                 pid,
-                tids: tids.clone(),
+                tids,
             })?;
-            self.model.reconcile(pid, &tids, now);
         }
         Ok(())
     }
@@ -287,6 +297,145 @@ fn seed_blocked(probes: &Probes, seeds: &[crate::tracefile::ProcessSeed]) -> usi
     n
 }
 
+fn open_sink(output: Option<&PathBuf>) -> anyhow::Result<Sink> {
+    let Some(path) = output else {
+        return Ok(Sink {
+            writer: None,
+            path: None,
+        });
+    };
+    let f = File::create(path).with_context(|| {
+        format!(
+            "cannot create the trace file {}: check the directory exists and is writable",
+            path.display()
+        )
+    })?;
+    Ok(Sink {
+        writer: Some(
+            TraceWriter::new(BufWriter::with_capacity(1 << 20, f))
+                .with_context(|| format!("writing {}", path.display()))?,
+        ),
+        path: Some(path.clone()),
+    })
+}
+
+/// The traced command, held at its gate until tracing is set up.
+struct Traced {
+    child: command::Child,
+    gate: Gate,
+    pid: u32,
+}
+
+impl Session {
+    /// Puts the given pids, and the command (spawned, held at its gate), in the kernel's
+    /// filter. Returns every traced pid and the command.
+    fn select(&mut self, opts: &SessionOptions) -> anyhow::Result<(Vec<u32>, Option<Traced>)> {
+        let mut pids = opts.pids.clone();
+        for &pid in &pids {
+            self.probes
+                .trace_pid(pid)
+                .with_context(|| format!("adding pid {pid} to the kernel filter"))?;
+        }
+        let mut traced = None;
+        if !opts.command.is_empty() {
+            let (child, gate) = spawn_gated(&opts.command)?;
+            let pid = child.pid;
+            self.probes
+                .trace_pid(pid)
+                .with_context(|| format!("adding pid {pid} to the kernel filter"))?;
+            pids.push(pid);
+            traced = Some(Traced { child, gate, pid });
+        }
+        Ok((pids, traced))
+    }
+
+    /// Records the processes that exist now (all, or the selected ones), and marks those of
+    /// their threads already blocked in the kernel's wait table.
+    fn seed(
+        &mut self,
+        opts: &SessionOptions,
+        filter: bool,
+        traced: Option<&Traced>,
+    ) -> anyhow::Result<usize> {
+        let mut seeds = seed::scan(filter.then_some(&opts.pids[..]), &self.cgroups);
+        let blocked = seed_blocked(&self.probes, &seeds);
+        if blocked > 0 {
+            tracing::info!(
+                "{blocked} threads were already blocked in futex/poll calls when tracing started"
+            );
+        }
+        // The command's process is still a fork of the tracer waiting at the gate: describe it
+        // as the new process it is about to become, not with the tracer's memory.
+        if let Some(t) = traced {
+            seeds.push(crate::tracefile::ProcessSeed {
+                pid: t.pid,
+                ppid: std::process::id(),
+                comm: opts.command[0].clone(),
+                cgroup_id: seed::read(t.pid, &self.cgroups).map_or(0, |s| s.cgroup_id),
+                tids: vec![t.pid],
+                rss_bytes: 0,
+                brk: None,
+                start_brk: None,
+                seen_ns: monotonic_ns(),
+            });
+        }
+        let n = seeds.len();
+        for seed in seeds {
+            note_cgroup(
+                &mut self.engine,
+                &mut self.cgroups,
+                &mut self.sink,
+                seed.cgroup_id,
+            )?;
+            self.record(Meta::Process(seed))?;
+        }
+        self.sink.flush()?;
+        Ok(n)
+    }
+}
+
+fn start_info(opts: &SessionOptions, cfg: &LoadConfig, probes: &Probes, pids: Vec<u32>) -> Meta {
+    Meta::Start(StartInfo {
+        tracer_version: env!("CARGO_PKG_VERSION").to_owned(),
+        hostname: hostname(),
+        kernel: kernel_release(),
+        start_ns: monotonic_ns(),
+        start_unix_ns: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+        command: opts.command.clone(),
+        pids,
+        min_wait_ns: cfg.min_wait_ns,
+        rss_granule: cfg.rss_granule,
+        sample_interval_ms: opts.sample_interval.as_millis() as u64,
+        probes: probes.status.clone(),
+    })
+}
+
+/// Why a session stopped.
+enum Stop {
+    Duration,
+    Interrupted,
+    Terminated,
+    /// The live view's output was closed.
+    OutputClosed,
+    /// The traced command exited with this status.
+    CommandExited(i32),
+}
+
+impl Stop {
+    fn reason(&self) -> &'static str {
+        match self {
+            Stop::Duration => "duration elapsed",
+            Stop::Interrupted => "interrupted (SIGINT)",
+            Stop::Terminated => "terminated (SIGTERM)",
+            Stop::OutputClosed => "output closed",
+            Stop::CommandExited(_) => "command exited",
+        }
+    }
+}
+
 /// Runs one tracing session until the duration ends, the command exits, or SIGINT/SIGTERM.
 /// `on_sample` is called with the model every `print_every` (the live view) and at the end; it
 /// returns false to stop the session (its output was closed): the file is finished as usual.
@@ -302,27 +451,7 @@ pub async fn run(
             );
         }
     }
-    let sink = match &opts.output {
-        Some(path) => {
-            let f = File::create(path).with_context(|| {
-                format!(
-                    "cannot create the trace file {}: check the directory exists and is writable",
-                    path.display()
-                )
-            })?;
-            Sink {
-                writer: Some(
-                    TraceWriter::new(BufWriter::with_capacity(1 << 20, f))
-                        .with_context(|| format!("writing {}", path.display()))?,
-                ),
-                path: Some(path.clone()),
-            }
-        }
-        None => Sink {
-            writer: None,
-            path: None,
-        },
-    };
+    let sink = open_sink(opts.output.as_ref())?;
     let filter = !opts.pids.is_empty() || !opts.command.is_empty();
     let cfg = LoadConfig {
         min_wait_ns: opts.min_wait.as_nanos() as u64,
@@ -335,81 +464,18 @@ pub async fn run(
     let failed_probes: Vec<String> = probes.failed().map(|p| p.name.clone()).collect();
     let mut s = Session {
         probes,
-        // Exited processes kept for the live view; the report of a file keeps them all.
-        model: Model::new(10_000),
+        engine: Engine::new(),
         cgroups: Cgroups::new(),
         sink,
         min_wait_ns: cfg.min_wait_ns,
         last_stats: None,
     };
-    s.model.min_wait_ns = cfg.min_wait_ns;
-    s.model.track_ended = filter;
-
-    let mut pids = opts.pids.clone();
-    for &pid in &pids {
-        s.probes
-            .trace_pid(pid)
-            .with_context(|| format!("adding pid {pid} to the kernel filter"))?;
-    }
-    let mut child = None;
-    if !opts.command.is_empty() {
-        let (c, gate) = spawn_gated(&opts.command)?;
-        let pid = c.pid;
-        s.probes
-            .trace_pid(pid)
-            .with_context(|| format!("adding pid {pid} to the kernel filter"))?;
-        pids.push(pid);
-        child = Some((c, gate, pid));
-    }
-
-    let start_ns = monotonic_ns();
-    let start_unix_ns = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    s.sink.meta(&Meta::Start(StartInfo {
-        tracer_version: env!("CARGO_PKG_VERSION").to_owned(),
-        hostname: hostname(),
-        kernel: kernel_release(),
-        start_ns,
-        start_unix_ns,
-        command: opts.command.clone(),
-        pids: pids.clone(),
-        min_wait_ns: cfg.min_wait_ns,
-        rss_granule: cfg.rss_granule,
-        sample_interval_ms: opts.sample_interval.as_millis() as u64,
-        probes: s.probes.status.clone(),
-    }))?;
-    let mut seeds = seed::scan(filter.then_some(&opts.pids[..]), &s.cgroups);
-    let blocked = seed_blocked(&s.probes, &seeds);
-    if blocked > 0 {
-        tracing::info!(
-            "{blocked} threads were already blocked in futex/poll calls when tracing started"
-        );
-    }
-    // The command's process is still a fork of the tracer waiting at the gate: describe it
-    // as the new process it is about to become, not with the tracer's memory.
-    if let Some((_, _, pid)) = &child {
-        seeds.push(crate::tracefile::ProcessSeed {
-            pid: *pid,
-            ppid: std::process::id(),
-            comm: opts.command[0].clone(),
-            cgroup_id: seed::read(*pid, &s.cgroups).map_or(0, |s| s.cgroup_id),
-            tids: vec![*pid],
-            rss_bytes: 0,
-            brk: None,
-            start_brk: None,
-            seen_ns: monotonic_ns(),
-        });
-    }
-    for seed in &seeds {
-        s.model.seed(seed, start_ns);
-        note_cgroup(&mut s.model, &mut s.cgroups, &mut s.sink, seed.cgroup_id)?;
-        s.sink.meta(&Meta::Process(seed.clone()))?;
-    }
-    s.sink.flush()?;
+    s.engine.model.track_ended = filter;
+    let (pids, traced) = s.select(&opts)?;
+    s.record(start_info(&opts, &cfg, &s.probes, pids))?;
+    let processes = s.seed(&opts, filter, traced.as_ref())?;
     tracing::info!(
-        processes = seeds.len(),
+        processes,
         "tracing {}",
         if filter {
             "selected processes"
@@ -417,76 +483,31 @@ pub async fn run(
             "host-wide"
         }
     );
-
-    let mut child_wait = match child {
-        Some((c, g, _)) => {
-            g.open();
-            Some(c.wait())
-        }
-        None => None,
-    };
-
-    // The ring buffer map's fd is readable when the kernel forces a wakeup.
-    // SAFETY: the fd belongs to `s.probes`, which outlives `rb` (dropped below, before it).
-    let mut rb = unsafe {
-        AsyncFd::register_with_interest(s.probes.events.as_raw_fd(), tokio::io::Interest::READABLE)
-    }
-    .context("registering the ring buffer with the event loop")?;
-    let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
-    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut sample_tick = tokio::time::interval(opts.sample_interval);
-    sample_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let printing = opts.print_every.is_some();
-    let mut print_tick =
-        tokio::time::interval(opts.print_every.unwrap_or(Duration::from_secs(3600)));
-    print_tick.tick().await;
-    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
-    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
-    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
+    let child_wait = traced.map(|t| {
+        t.gate.open();
+        t.child.wait()
+    });
     let started = Instant::now();
-
-    let (reason, exit_code) = loop {
-        tokio::select! {
-            guard = rb.readable_mut() => {
-                let mut guard = guard?;
-                s.drain()?;
-                guard.clear_ready();
-            }
-            _ = drain_tick.tick() => s.drain()?,
-            _ = sample_tick.tick() => { s.drain()?; s.sample()?; }
-            _ = print_tick.tick(), if printing => {
-                if !on_sample(&s.model, started.elapsed()) {
-                    break ("output closed".to_owned(), None);
-                }
-            }
-            _ = sigint.recv() => break ("interrupted (SIGINT)".to_owned(), None),
-            _ = sigterm.recv() => break ("terminated (SIGTERM)".to_owned(), None),
-            _ = async { tokio::time::sleep_until(deadline.expect("set")).await }, if deadline.is_some() => {
-                break ("duration elapsed".to_owned(), None);
-            }
-            status = async { child_wait.as_mut().expect("set").await }, if child_wait.is_some() => {
-                let code = status
-                    .context("the wait thread failed")?
-                    .context("waiting for the traced command")?;
-                break ("command exited".to_owned(), Some(code));
-            }
-        }
-    };
+    let stop = s
+        .event_loop(&opts, child_wait, started, &mut on_sample)
+        .await?;
     // The exit of the command happened after all its events were submitted: one last drain
     // gets them all.
-    drop(rb);
     s.drain()?;
     s.sample()?;
     let stats = s.probes.stats().unwrap_or_default();
-    let end_ns = monotonic_ns();
-    s.sink.meta(&Meta::End {
-        ts_ns: end_ns,
-        reason: reason.clone(),
+    let exit_code = match stop {
+        Stop::CommandExited(c) => Some(c),
+        _ => None,
+    };
+    s.record(Meta::End {
+        ts_ns: monotonic_ns(),
+        reason: stop.reason().to_owned(),
         exit_code,
     })?;
     s.sink.flush()?;
-    if reason != "output closed" {
-        on_sample(&s.model, started.elapsed());
+    if !matches!(stop, Stop::OutputClosed) {
+        on_sample(s.model(), started.elapsed());
     }
     let lost =
         stats.get(Stat::Lost) + stats.get(Stat::WaitMapFull) + stats.get(Stat::FilterMapFull);
@@ -494,10 +515,10 @@ pub async fn run(
         .sink
         .writer
         .as_ref()
-        .map_or((s.model.host.events, 0), |w| {
+        .map_or((s.model().host.events, 0), |w| {
             (w.events_written(), w.bytes_written())
         });
-    tracing::info!(%reason, events, lost, "tracing stopped");
+    tracing::info!(reason = stop.reason(), events, lost, "tracing stopped");
     Ok(Outcome {
         exit_code,
         events,
@@ -505,4 +526,63 @@ pub async fn run(
         bytes,
         failed_probes,
     })
+}
+
+impl Session {
+    /// Drains and samples until a stop condition.
+    async fn event_loop(
+        &mut self,
+        opts: &SessionOptions,
+        mut child_wait: Option<tokio::task::JoinHandle<std::io::Result<i32>>>,
+        started: Instant,
+        on_sample: &mut impl FnMut(&Model, Duration) -> bool,
+    ) -> anyhow::Result<Stop> {
+        // The ring buffer map's fd is readable when the kernel forces a wakeup.
+        // SAFETY: the fd belongs to `self.probes`, which outlives `rb` (dropped at return).
+        let mut rb = unsafe {
+            AsyncFd::register_with_interest(
+                self.probes.events.as_raw_fd(),
+                tokio::io::Interest::READABLE,
+            )
+        }
+        .context("registering the ring buffer with the event loop")?;
+        let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
+        drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sample_tick = tokio::time::interval(opts.sample_interval);
+        sample_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let printing = opts.print_every.is_some();
+        let mut print_tick =
+            tokio::time::interval(opts.print_every.unwrap_or(Duration::from_secs(3600)));
+        print_tick.tick().await;
+        let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
+        let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+        let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
+        loop {
+            tokio::select! {
+                guard = rb.readable_mut() => {
+                    let mut guard = guard?;
+                    self.drain()?;
+                    guard.clear_ready();
+                }
+                _ = drain_tick.tick() => self.drain()?,
+                _ = sample_tick.tick() => { self.drain()?; self.sample()?; }
+                _ = print_tick.tick(), if printing => {
+                    if !on_sample(self.model(), started.elapsed()) {
+                        return Ok(Stop::OutputClosed);
+                    }
+                }
+                _ = sigint.recv() => return Ok(Stop::Interrupted),
+                _ = sigterm.recv() => return Ok(Stop::Terminated),
+                _ = async { tokio::time::sleep_until(deadline.expect("set")).await }, if deadline.is_some() => {
+                    return Ok(Stop::Duration);
+                }
+                status = async { child_wait.as_mut().expect("set").await }, if child_wait.is_some() => {
+                    let code = status
+                        .context("the wait thread failed")?
+                        .context("waiting for the traced command")?;
+                    return Ok(Stop::CommandExited(code));
+                }
+            }
+        }
+    }
 }

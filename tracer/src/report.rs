@@ -1,15 +1,15 @@
-//! `tracer report`: reads a trace file back through the same model the live collector uses and
-//! prints a summary for people (text) or programs (JSON).
+//! `tracer report`: reads a trace file back through the same engine the live collector feeds,
+//! and prints a summary for people (text) or programs (JSON).
 
 use std::{collections::BTreeMap, io::Read};
 
 use serde::Serialize;
 
 use crate::{
+    engine::Engine,
     escape,
-    events::decode,
     model::{HostCounters, Model, ProcessSummary},
-    tracefile::{Meta, ProbeStatus, ReadError, Record, StartInfo, TraceReader},
+    tracefile::{ProbeStatus, ReadError, Record, TraceReader},
 };
 
 /// Version of the JSON report schema (not of the trace file).
@@ -51,58 +51,31 @@ pub enum ReportError {
     NoStart,
 }
 
-/// Reads a whole trace file into a [`Report`].
+/// Reads a whole trace file into a [`Report`], through the same engine the live collector
+/// feeds.
 pub fn build<R: Read>(input: R) -> Result<Report, ReportError> {
     let mut reader = TraceReader::new(input)?;
-    let mut model = Model::new(1_000_000);
-    let mut start: Option<StartInfo> = None;
-    let mut counters = BTreeMap::new();
-    let mut end: Option<(u64, String, Option<i32>)> = None;
-    let mut last_ts = 0;
+    let mut engine = Engine::new();
     while let Some(rec) = reader.next_record()? {
         match rec {
-            Record::Event(bytes) => match decode(&bytes) {
-                Ok(ev) => {
-                    last_ts = last_ts.max(ev.header().ts_ns);
-                    model.apply(&ev);
-                }
-                Err(_) => model.host.undecodable += 1,
-            },
-            Record::Meta(meta) => match meta {
-                Meta::Start(s) => {
-                    model.min_wait_ns = s.min_wait_ns;
-                    start = Some(s);
-                }
-                Meta::Process(seed) => {
-                    let ts = start.as_ref().map_or(0, |s| s.start_ns);
-                    model.seed(&seed, ts);
-                }
-                Meta::Cgroup { id, path } => model.set_cgroup(id, path),
-                Meta::Threads { ts_ns, pid, tids } => model.reconcile(pid, &tids, ts_ns),
-                Meta::Waits { ts_ns, processes } => {
-                    last_ts = last_ts.max(ts_ns);
-                    model.apply_waits(ts_ns, &processes);
-                }
-                Meta::Stats { ts_ns, counters: c } => {
-                    last_ts = last_ts.max(ts_ns);
-                    counters = c;
-                }
-                Meta::End {
-                    ts_ns,
-                    reason,
-                    exit_code,
-                } => {
-                    last_ts = last_ts.max(ts_ns);
-                    end = Some((ts_ns, reason, exit_code));
-                }
-            },
+            // Counted by the engine (`host.undecodable`).
+            Record::Event(bytes) => _ = engine.event(&bytes),
+            Record::Meta(meta) => engine.meta(&meta),
         }
     }
-    let start = start.ok_or(ReportError::NoStart)?;
-    let lost_events = ["lost_events", "wait_map_full", "filter_map_full"]
-        .iter()
-        .map(|k| counters.get(*k).copied().unwrap_or(0))
-        .sum();
+    let truncated = reader.truncated().map(str::to_owned);
+    from_engine(&engine, truncated, reader.skipped())
+}
+
+/// The report of what `engine` has seen so far.
+pub fn from_engine(
+    engine: &Engine,
+    truncated: Option<String>,
+    skipped_records: u64,
+) -> Result<Report, ReportError> {
+    let start = engine.start.as_ref().ok_or(ReportError::NoStart)?;
+    let end = engine.end.as_ref();
+    let model = &engine.model;
     Ok(Report {
         version: REPORT_VERSION,
         file_version: crate::tracefile::VERSION,
@@ -111,23 +84,22 @@ pub fn build<R: Read>(input: R) -> Result<Report, ReportError> {
         kernel: start.kernel.clone(),
         start_unix_ns: start.start_unix_ns,
         duration_ns: end
-            .as_ref()
-            .map_or(last_ts, |e| e.0)
+            .map_or(engine.last_ts, |e| e.ts_ns)
             .saturating_sub(start.start_ns),
         command: start.command.clone(),
-        end_reason: end.as_ref().map(|e| e.1.clone()),
-        exit_code: end.as_ref().and_then(|e| e.2),
-        truncated: reader.truncated().map(str::to_owned).or_else(|| {
+        end_reason: end.map(|e| e.reason.clone()),
+        exit_code: end.and_then(|e| e.exit_code),
+        truncated: truncated.or_else(|| {
             end.is_none().then(|| {
                 "the file has no end record: the recording was stopped before it could finish \
                  (tracer killed, machine down); everything in it was read"
                     .to_owned()
             })
         }),
-        skipped_records: reader.skipped(),
-        lost_events,
-        kernel_counters: counters,
-        probes: start.probes,
+        skipped_records,
+        lost_events: engine.lost_events(),
+        kernel_counters: engine.counters.clone(),
+        probes: start.probes.clone(),
         host: model.host.clone(),
         processes_dropped: model.finished_dropped,
         processes: model.summaries(),

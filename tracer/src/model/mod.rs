@@ -5,7 +5,11 @@
 //! when they exit; an exited process leaves only its fixed-size [`ProcessSummary`], and at most
 //! `max_finished` of those are kept (the count of dropped ones is reported).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
+
+pub mod thread;
+
+pub use thread::{Creator, Thread};
 
 use serde::Serialize;
 use tracer_common::{CLONE_THREAD, GROUP_DEAD_UNKNOWN, GROUP_DEAD_YES, RSS_MEMBERS, RSS_SWAP};
@@ -91,8 +95,8 @@ impl ProcessSummary {
 #[derive(Debug, Default)]
 struct Process {
     sum: ProcessSummary,
-    /// Live thread ids (creators are in the NewTask events of the trace).
-    threads: HashSet<u32>,
+    /// Live threads by tid.
+    threads: HashMap<u32, Thread>,
     /// The last known break, and the heap start it belongs to (a new one: a new program).
     brk: Option<u64>,
     brk_start: Option<u64>,
@@ -116,15 +120,21 @@ impl Process {
         let mut p = Process::default();
         p.sum.pid = pid;
         p.sum.first_seen_ns = ts;
-        p.threads.insert(pid);
+        p.threads.insert(pid, Thread::new(pid, ts));
         p.sum.threads_live = 1;
         p.sum.threads_peak = 1;
         p
     }
 
-    /// Adds a live thread; false if it was already known.
-    fn add_thread(&mut self, tid: u32) -> bool {
-        let new = self.threads.insert(tid);
+    /// Adds a live thread; false if it was already known (then it is left as it was).
+    fn add_thread(&mut self, t: Thread) -> bool {
+        let new = match self.threads.entry(t.tid) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(t);
+                true
+            }
+        };
         self.sum.threads_live = self.threads.len() as u32;
         self.sum.threads_peak = self.sum.threads_peak.max(self.sum.threads_live);
         new
@@ -203,7 +213,7 @@ impl Model {
 
     /// Every thread the model knows alive (seeded or created, not yet exited).
     pub fn live_tids(&self) -> impl Iterator<Item = u32> + '_ {
-        self.procs.values().flat_map(|p| p.threads.iter().copied())
+        self.procs.values().flat_map(|p| p.threads.keys().copied())
     }
 
     pub fn live_threads(&self) -> usize {
@@ -233,7 +243,10 @@ impl Model {
         p.sum.cgroup_id = s.cgroup_id;
         p.sum.seeded = true;
         for &tid in &s.tids {
-            p.add_thread(tid);
+            p.add_thread(Thread::new(tid, ts));
+        }
+        if let Some(main) = p.threads.get_mut(&s.pid) {
+            main.rename(s.comm.clone());
         }
         p.brk = s.brk;
         p.brk_start = s.start_brk;
@@ -318,9 +331,14 @@ impl Model {
                 }
                 if e.clone_flags & CLONE_THREAD != 0 {
                     let p = self.proc_mut(e.child_tgid, h.cgroup_id, ts);
+                    let comm = cstr(&e.comm);
+                    let mut t = Thread::new(e.child_tid, ts);
+                    // A new thread starts with its creator's name.
+                    t.rename(comm.clone());
+                    t.creator = Some(Creator { tid: h.tid, comm });
                     // Already known: found in /proc (at the start, or re-read after a loss)
                     // before its creation event was drained, and counted then.
-                    if p.add_thread(e.child_tid) {
+                    if p.add_thread(t) {
                         p.sum.threads_created += 1;
                     }
                 } else {
@@ -359,7 +377,7 @@ impl Model {
                 }
                 // Only a thread the model knew (created or seeded): after lost events, exits
                 // never outnumber what was seen alive.
-                if p.threads.remove(&h.tid) && h.tid != h.tgid {
+                if p.threads.remove(&h.tid).is_some() && h.tid != h.tgid {
                     p.sum.threads_exited += 1;
                 }
                 p.sum.threads_live = p.threads.len() as u32;
@@ -395,8 +413,12 @@ impl Model {
                 p.sum.comm = cstr(&e.comm);
                 // exec leaves one thread, under the tgid; others were killed (their exits came
                 // as events), and a non-leader that exec'd took over the leader's id.
-                p.threads.retain(|&tid| tid == h.tgid);
-                p.threads.insert(h.tgid);
+                p.threads.retain(|&tid, _| tid == h.tgid);
+                let main = p
+                    .threads
+                    .entry(h.tgid)
+                    .or_insert_with(|| Thread::new(h.tgid, ts));
+                main.rename(cstr(&e.comm));
                 p.sum.threads_live = p.threads.len() as u32;
                 // A new program gets a new address space and break.
                 p.brk = None;
@@ -408,11 +430,18 @@ impl Model {
             Event::Rename(e) => {
                 // A process's name is its main thread's. The header's cgroup is the renamer's,
                 // which may be another process: only known processes are renamed.
-                if h.tid == h.tgid
-                    && let Some(p) = self.procs.get_mut(&h.tgid)
-                    && !(p.sum.seeded && ts <= p.sum.first_seen_ns)
-                {
-                    p.sum.comm = cstr(&e.comm);
+                let Some(p) = self.procs.get_mut(&h.tgid) else {
+                    return;
+                };
+                if p.sum.seeded && ts <= p.sum.first_seen_ns {
+                    return;
+                }
+                let comm = cstr(&e.comm);
+                if h.tid == h.tgid {
+                    p.sum.comm = comm.clone();
+                }
+                if let Some(t) = p.threads.get_mut(&h.tid) {
+                    t.rename(comm);
                 }
             }
             Event::ExitCall(e) => {
@@ -531,10 +560,14 @@ impl Model {
         // scan at start listed every thread then): their creation was lost, not made up.
         let unseen = tids
             .iter()
-            .filter(|&&t| t != pid && !p.threads.contains(&t))
+            .filter(|&&t| t != pid && !p.threads.contains_key(&t))
             .count();
         p.sum.threads_created += unseen as u64;
-        p.threads = tids.iter().copied().collect();
+        let mut kept = std::mem::take(&mut p.threads);
+        p.threads = tids
+            .iter()
+            .map(|&t| (t, kept.remove(&t).unwrap_or_else(|| Thread::new(t, ts))))
+            .collect();
         p.sum.threads_live = p.threads.len() as u32;
         p.sum.threads_peak = p.peak_checkpoint.max(p.sum.threads_live);
     }
