@@ -88,7 +88,13 @@ pub struct EventHeader {
     pub kind: u16,
     /// The CPU the event was produced on.
     pub cpu: u16,
-    pub _pad: u32,
+    /// On hosts whose memory controller is on cgroup v1 (hybrid, v1): the low 32 bits of the
+    /// task's memory cgroup id (`task->cgroups->subsys[memory]->cgroup->kn->id`, the inode of
+    /// its directory in the memory hierarchy), which is what names a container there. 0 when
+    /// the memory controller is on v2 (then `cgroup_id` says it all), when the kernel's layout
+    /// is unknown, and on the per-call memory events (mmap, munmap, mremap, brk, batches),
+    /// which skip the read to keep hot paths cheap.
+    pub memcg: u32,
 }
 
 /// `task/task_newtask`: a thread or process was created by the header's task.

@@ -120,6 +120,14 @@ pub mod globals {
     pub const MM_RSS_STAT_OFF: &str = "MM_RSS_STAT_OFF";
     pub const PCPU_COUNTER_SIZE: &str = "PCPU_COUNTER_SIZE";
     pub const PCPU_COUNT_OFF: &str = "PCPU_COUNT_OFF";
+    /// 1 when the memory controller is on cgroup v1 and the five offsets after it (from
+    /// BTF) are known: event headers then carry the memory cgroup (`EventHeader::memcg`).
+    pub const MEMCG_V1: &str = "MEMCG_V1";
+    pub const TASK_CGROUPS_OFF: &str = "TASK_CGROUPS_OFF";
+    pub const CSS_SET_MEMCG_OFF: &str = "CSS_SET_MEMCG_OFF";
+    pub const CSS_CGROUP_OFF: &str = "CSS_CGROUP_OFF";
+    pub const CGROUP_KN_OFF: &str = "CGROUP_KN_OFF";
+    pub const KN_ID_OFF: &str = "KN_ID_OFF";
 }
 
 /// A thread in a call that can block: the value of `WAIT_SLOTS` (its tid is the index).

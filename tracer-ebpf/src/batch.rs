@@ -70,7 +70,7 @@ fn flush(acc: &mut MemAcc) {
             tid: acc.tid,
             kind: EventKind::MemBatch as u16,
             cpu: unsafe { bpf_get_smp_processor_id() } as u16,
-            _pad: 0,
+            memcg: 0,
         },
         first_ns: acc.first_ns,
         mmap_bytes: acc.mmap_bytes,

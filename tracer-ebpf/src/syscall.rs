@@ -24,8 +24,8 @@ use tracer_common::{
 
 use crate::batch;
 use crate::emit::{
-    MM_START_BRK_OFF, TASK_MM_OFF, bump, current_task_read, emit, header, is_self, kernel_read,
-    min_wait_ns, now_ns, pid_tgid, put_wait, switch_hooked, take_wait, traced,
+    MM_START_BRK_OFF, TASK_MM_OFF, bump, current_task_read, emit, header, hot_header, is_self,
+    kernel_read, min_wait_ns, now_ns, pid_tgid, put_wait, switch_hooked, take_wait, traced,
 };
 
 // x86_64 `struct pt_regs` word indexes. The layout is user ABI (ptrace), so fixed offsets are
@@ -270,7 +270,7 @@ fn on_mem_exit<R: Regs>(id: u32, r: R, ret: i64) {
         ),
     };
     emit(&MemEvent {
-        hdr: header(kind, now_ns(), tgid, tid),
+        hdr: hot_header(kind, now_ns(), tgid, tid),
         ret,
         ..ev
     });

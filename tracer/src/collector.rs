@@ -17,7 +17,7 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 use tracer_common::maps::Stat;
 
 use crate::{
-    cgroups::Cgroups,
+    cgroups::{self, CgroupKey, Hierarchy, Mounts, Resolver},
     command::{self, Gate, spawn_gated},
     engine::Engine,
     events,
@@ -124,18 +124,19 @@ impl Sink {
 struct Session {
     probes: Probes,
     engine: Engine,
-    cgroups: Cgroups,
+    mounts: Mounts,
+    resolver: Resolver,
     sink: Sink,
     min_wait_ns: u64,
     last_stats: Option<crate::probes::KernelStats>,
 }
 
-/// Decodes one kernel event, writes it (after its cgroup's path, the first time) and feeds the
-/// engine. Takes the fields it needs, not the session, so that the caller can hand it
+/// Decodes one kernel event, writes it and feeds the engine; its cgroups, when new, go to the
+/// resolver. Takes the fields it needs, not the session, so that the caller can hand it
 /// ring-buffer items in place.
 fn handle(
     engine: &mut Engine,
-    cgroups: &mut Cgroups,
+    resolver: &mut Resolver,
     sink: &mut Sink,
     bytes: &[u8],
 ) -> anyhow::Result<()> {
@@ -147,7 +148,8 @@ fn handle(
             return Ok(());
         }
     };
-    note_cgroup(engine, cgroups, sink, ev.header().cgroup_id)?;
+    let h = ev.header();
+    note_cgroups(engine, resolver, h.cgroup_id, u64::from(h.memcg));
     sink.event(bytes)?;
     engine.apply(&ev);
     Ok(())
@@ -160,20 +162,37 @@ fn record(engine: &mut Engine, sink: &mut Sink, meta: Meta) -> anyhow::Result<()
     Ok(())
 }
 
-/// The first time a cgroup id is seen (again, once compaction forgot it), resolves its path
-/// and records it before anything that refers to it.
-fn note_cgroup(
+/// Asks the resolver for cgroups the engine has no name for (new, or forgotten by compaction
+/// once no kept process was in them). Its answers are recorded between drains.
+fn note_cgroups(engine: &Engine, resolver: &mut Resolver, v2: u64, memcg: u64) {
+    for (hierarchy, id) in [(Hierarchy::V2, v2), (Hierarchy::Memory, memcg)] {
+        let key = CgroupKey { hierarchy, id };
+        if id != 0 && !engine.model.cgroup_known(key) {
+            resolver.ask(key);
+        }
+    }
+}
+
+/// Records what the resolver found. Not found (a cgroup removed before it could be looked up):
+/// its processes show `cgroup:id:<id>`, and the next event of that id asks again.
+fn record_answers(
     engine: &mut Engine,
-    cgroups: &mut Cgroups,
     sink: &mut Sink,
-    id: u64,
+    answers: Vec<cgroups::Resolved>,
 ) -> anyhow::Result<()> {
-    // Unresolved (a cgroup created and removed between two walks): it shows as `cgroup:<id>`,
-    // and the next event of that id tries again (a walk is at most once a second).
-    if !engine.model.cgroup_known(id)
-        && let Some(path) = cgroups.resolve(id)
-    {
-        record(engine, sink, Meta::Cgroup { id, path })?;
+    for a in answers {
+        if let Some(path) = a.path {
+            record(
+                engine,
+                sink,
+                Meta::Cgroup {
+                    id: a.key.id,
+                    path,
+                    hierarchy: a.key.hierarchy,
+                    job: a.job.map(Box::new),
+                },
+            )?;
+        }
     }
     Ok(())
 }
@@ -192,14 +211,15 @@ impl Session {
         let Session {
             probes,
             engine,
-            cgroups,
+            resolver,
             sink,
             ..
         } = self;
         while let Some(item) = probes.events.next() {
-            handle(engine, cgroups, sink, &item)?;
+            handle(engine, resolver, sink, &item)?;
         }
-        Ok(())
+        let answers = resolver.answers();
+        record_answers(engine, sink, answers)
     }
 
     fn sample(&mut self) -> anyhow::Result<()> {
@@ -357,7 +377,7 @@ impl Session {
         filter: bool,
         traced: Option<&Traced>,
     ) -> anyhow::Result<usize> {
-        let mut seeds = seed::scan(filter.then_some(&opts.pids[..]), &self.cgroups);
+        let mut seeds = seed::scan(filter.then_some(&opts.pids[..]), &self.mounts);
         let blocked = seed_blocked(&self.probes, &seeds);
         if blocked > 0 {
             tracing::info!(
@@ -367,12 +387,15 @@ impl Session {
         // The command's process is still a fork of the tracer waiting at the gate: describe it
         // as the new process it is about to become, not with the tracer's memory.
         if let Some(t) = traced {
+            let (cgroup_id, memcg_id) = self.mounts.keys_of_pid(t.pid);
             seeds.push(crate::tracefile::ProcessSeed {
                 pid: t.pid,
                 ppid: std::process::id(),
                 comm: opts.command[0].clone(),
-                cgroup_id: seed::read(t.pid, &self.cgroups).map_or(0, |s| s.cgroup_id),
+                cgroup_id,
+                memcg_id,
                 tids: vec![t.pid],
+                thread_names: Vec::new(),
                 rss_bytes: 0,
                 brk: None,
                 start_brk: None,
@@ -381,12 +404,12 @@ impl Session {
         }
         let n = seeds.len();
         for seed in seeds {
-            note_cgroup(
-                &mut self.engine,
-                &mut self.cgroups,
-                &mut self.sink,
+            note_cgroups(
+                &self.engine,
+                &mut self.resolver,
                 seed.cgroup_id,
-            )?;
+                seed.memcg_id,
+            );
             self.record(Meta::Process(seed))?;
         }
         self.sink.flush()?;
@@ -465,7 +488,12 @@ pub async fn run(
     let mut s = Session {
         probes,
         engine: Engine::new(),
-        cgroups: Cgroups::new(),
+        mounts: Mounts::find(),
+        resolver: Resolver::start(cgroups::Lookup::new(
+            Mounts::find(),
+            cgroups::node::NodeFiles::default(),
+        ))
+        .context("starting the cgroup resolver thread")?,
         sink,
         min_wait_ns: cfg.min_wait_ns,
         last_stats: None,
@@ -495,6 +523,9 @@ pub async fn run(
     // gets them all.
     s.drain()?;
     s.sample()?;
+    // Names of cgroups still being looked up (a short run, or a process that just started).
+    let answers = s.resolver.settle(Duration::from_secs(2));
+    record_answers(&mut s.engine, &mut s.sink, answers)?;
     let stats = s.probes.stats().unwrap_or_default();
     let exit_code = match stop {
         Stop::CommandExited(c) => Some(c),

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use crate::{
+    cgroups::CgroupKey,
     events::{DecodeError, Event, decode},
     model::Model,
     tracefile::{Meta, StartInfo},
@@ -82,7 +83,19 @@ impl Engine {
                 let ts = self.start.as_ref().map_or(0, |s| s.start_ns);
                 self.model.seed(seed, ts);
             }
-            Meta::Cgroup { id, path } => self.model.set_cgroup(*id, path.clone()),
+            Meta::Cgroup {
+                id,
+                path,
+                hierarchy,
+                job,
+            } => self.model.set_cgroup(
+                CgroupKey {
+                    hierarchy: *hierarchy,
+                    id: *id,
+                },
+                path.clone(),
+                job.as_deref().cloned(),
+            ),
             Meta::Threads { ts_ns, pid, tids } => self.model.reconcile(*pid, tids, *ts_ns),
             Meta::Waits { ts_ns, processes } => {
                 self.last_ts = self.last_ts.max(*ts_ns);

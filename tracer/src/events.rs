@@ -132,7 +132,7 @@ mod tests {
             tid: 101,
             kind: kind as u16,
             cpu: 1,
-            _pad: 0,
+            memcg: 0,
         }
     }
 

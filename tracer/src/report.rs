@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::{
     engine::Engine,
     escape,
-    model::{HostCounters, Model, ProcessSummary},
+    model::{HostCounters, JobSummary, Model, ProcessSummary},
     tracefile::{ProbeStatus, ReadError, Record, TraceReader},
 };
 
@@ -41,6 +41,8 @@ pub struct Report {
     pub host: HostCounters,
     pub processes_dropped: u64,
     pub processes: Vec<ProcessSummary>,
+    /// The processes above, added up per job.
+    pub jobs: Vec<JobSummary>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +78,9 @@ pub fn from_engine(
     let start = engine.start.as_ref().ok_or(ReportError::NoStart)?;
     let end = engine.end.as_ref();
     let model = &engine.model;
+    let processes = model.summaries();
     Ok(Report {
+        jobs: model.jobs(&processes),
         version: REPORT_VERSION,
         file_version: crate::tracefile::VERSION,
         tracer_version: start.tracer_version.clone(),
@@ -102,7 +106,7 @@ pub fn from_engine(
         probes: start.probes.clone(),
         host: model.host.clone(),
         processes_dropped: model.finished_dropped,
-        processes: model.summaries(),
+        processes,
     })
 }
 
@@ -190,6 +194,50 @@ pub fn render_text(r: &Report, limit: usize) -> String {
         }
     );
     o.push_str(&render_table(&rows, limit));
+    o.push_str(&render_jobs(r, limit));
+    o
+}
+
+/// The job table: jobs with activity, busiest first.
+fn render_jobs(r: &Report, limit: usize) -> String {
+    use std::fmt::Write;
+    let active: std::collections::HashSet<&str> =
+        interesting(r).iter().map(|p| p.job.as_str()).collect();
+    let mut jobs: Vec<&JobSummary> = r
+        .jobs
+        .iter()
+        .filter(|j| active.contains(j.job.as_str()))
+        .collect();
+    jobs.sort_by_key(|j| {
+        std::cmp::Reverse((j.threads_created, j.futex_parked_peak, j.rss_peak_bytes))
+    });
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "\n{} job{} with activity",
+        jobs.len(),
+        if jobs.len() == 1 { "" } else { "s" }
+    );
+    let _ = writeln!(
+        o,
+        "{:>6} {:>7} {:>7} {:>6} {:>6} {:>6} {:>8} {:>4}  JOB",
+        "PROCS", "THR+", "THR-", "PEAK", "PARKED", "POLLS", "RSS-PEAK", "OOM"
+    );
+    for j in jobs.iter().take(limit) {
+        let _ = writeln!(
+            o,
+            "{:>6} {:>7} {:>7} {:>6} {:>6} {:>6} {:>8} {:>4}  {}",
+            j.processes,
+            j.threads_created,
+            j.threads_exited,
+            j.threads_peak,
+            j.futex_parked_peak,
+            j.poll_waiting_now,
+            mib(j.rss_peak_bytes),
+            j.oom_kills,
+            escape::term(&j.job)
+        );
+    }
     o
 }
 
@@ -199,7 +247,7 @@ pub fn render_table(rows: &[&ProcessSummary], limit: usize) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "{:>8} {:<16} {:>7} {:>7} {:>5} {:>6} {:>9} {:>6} {:>8} {:>8} {:>8} {:>8}  cgroup",
+        "{:>8} {:<16} {:>7} {:>7} {:>5} {:>6} {:>9} {:>6} {:>8} {:>8} {:>8} {:>8}  JOB",
         "PID",
         "COMM",
         "THR+",
@@ -230,7 +278,7 @@ pub fn render_table(rows: &[&ProcessSummary], limit: usize) -> String {
             mib(p.munmap_bytes),
             mib(p.brk_growth_bytes),
             mib(p.rss_peak_bytes),
-            escape::term(&p.cgroup),
+            escape::term(&p.job),
             match (p.exited_ns.is_some(), p.oom_killed, p.killed, p.exit_code) {
                 (_, true, _, _) => " [OOM-killed]".to_owned(),
                 (true, _, true, _) => " [killed]".to_owned(),

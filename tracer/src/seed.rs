@@ -7,11 +7,11 @@ use tracer_common::{
     syscalls::{self, Call},
 };
 
-use crate::{cgroups::Cgroups, tracefile::ProcessSeed};
+use crate::{cgroups::Mounts, tracefile::ProcessSeed};
 
 /// Every process on the host, or only `pids` when given. Processes that vanish while being
 /// read are skipped.
-pub fn scan(pids: Option<&[u32]>, cgroups: &Cgroups) -> Vec<ProcessSeed> {
+pub fn scan(pids: Option<&[u32]>, mounts: &Mounts) -> Vec<ProcessSeed> {
     let all: Vec<u32> = match pids {
         Some(p) => p.to_vec(),
         None => fs::read_dir("/proc")
@@ -23,11 +23,11 @@ pub fn scan(pids: Option<&[u32]>, cgroups: &Cgroups) -> Vec<ProcessSeed> {
             .unwrap_or_default(),
     };
     all.into_iter()
-        .filter_map(|pid| read(pid, cgroups))
+        .filter_map(|pid| read(pid, mounts))
         .collect()
 }
 
-pub fn read(pid: u32, cgroups: &Cgroups) -> Option<ProcessSeed> {
+pub fn read(pid: u32, mounts: &Mounts) -> Option<ProcessSeed> {
     let dir = Path::new("/proc").join(pid.to_string());
     let stat = fs::read_to_string(dir.join("stat")).ok()?;
     let (comm, rest) = parse_stat(&stat)?;
@@ -59,20 +59,23 @@ pub fn read(pid: u32, cgroups: &Cgroups) -> Option<ProcessSeed> {
             .find(|l| l.ends_with("[heap]"))
             .and_then(|l| u64::from_str_radix(l.split(['-', ' ']).nth(1)?, 16).ok())
     });
-    let cgroup_id = fs::read_to_string(dir.join("cgroup"))
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("0::"))
-                .and_then(|p| cgroups.id_of(p))
+    let (cgroup_id, memcg_id) = mounts.keys_of_pid(pid);
+    let thread_names = tids
+        .iter()
+        .map(|t| {
+            fs::read_to_string(dir.join(format!("task/{t}/comm")))
+                .map(|c| c.trim_end_matches('\n').to_owned())
+                .unwrap_or_default()
         })
-        .unwrap_or(0);
+        .collect();
     Some(ProcessSeed {
         pid,
         ppid,
         comm: comm.to_owned(),
         cgroup_id,
+        memcg_id,
         tids,
+        thread_names,
         rss_bytes,
         brk: heap_end.or(start_brk),
         start_brk,
@@ -160,10 +163,18 @@ mod tests {
     #[test]
     fn reads_this_process() {
         let me = std::process::id();
-        let s = read(me, &Cgroups::new()).expect("own /proc entry");
+        let s = read(me, &Mounts::find()).expect("own /proc entry");
         assert_eq!(s.pid, me);
         assert!(s.tids.contains(&me));
         assert!(s.rss_bytes > 0);
         assert!(s.brk.is_some());
+        assert_eq!(s.thread_names.len(), s.tids.len());
+        assert!(s.thread_names.iter().all(|n| !n.is_empty()));
+        // This host's memory controller is on v1: every process has a memory cgroup.
+        assert_eq!(
+            s.memcg_id != 0,
+            crate::cgroups::memory_v1_mount().is_some(),
+            "{s:?}"
+        );
     }
 }

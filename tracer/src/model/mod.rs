@@ -7,14 +7,19 @@
 
 use std::collections::{HashMap, VecDeque};
 
+pub mod jobs;
 pub mod thread;
 
+pub use jobs::JobSummary;
 pub use thread::{Creator, Thread};
 
 use serde::Serialize;
-use tracer_common::{CLONE_THREAD, GROUP_DEAD_UNKNOWN, GROUP_DEAD_YES, RSS_MEMBERS, RSS_SWAP};
+use tracer_common::{
+    CLONE_THREAD, EventHeader, GROUP_DEAD_UNKNOWN, GROUP_DEAD_YES, RSS_MEMBERS, RSS_SWAP,
+};
 
 use crate::{
+    cgroups::{CgroupKey, Hierarchy, JobInfo, job},
     events::{Event, cstr},
     tracefile::{ProcessSeed, WaitAggregate},
 };
@@ -28,9 +33,18 @@ pub struct ProcessSummary {
     /// The last program exec'd during the trace, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exe: Option<String>,
+    /// The job the process is in (see `cgroups::job`), from the more telling of its two
+    /// cgroups (v2, and on hybrid/v1 hosts the v1 memory cgroup).
+    pub job: String,
+    pub job_info: JobInfo,
     /// The cgroup path (cgroup v2), or `cgroup:<id>` when the path is unknown.
     pub cgroup: String,
     pub cgroup_id: u64,
+    /// The v1 memory cgroup (low 32 bits of its id; 0: none) and its path.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub memcg_id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_cgroup: Option<String>,
     /// Existed before tracing started.
     pub seeded: bool,
     pub first_seen_ns: u64,
@@ -115,7 +129,22 @@ struct Process {
 /// How long a dying process may wait for the exits of threads the model still counts.
 pub const DYING_GRACE_NS: u64 = 500_000_000;
 
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
 impl Process {
+    /// The cgroups of an event the process itself caused: a process moved to another cgroup
+    /// after its fork (runc, systemd) follows. 0 is "not in this event".
+    fn follow_cgroups(&mut self, h: &EventHeader) {
+        if h.cgroup_id != 0 {
+            self.sum.cgroup_id = h.cgroup_id;
+        }
+        if h.memcg != 0 {
+            self.sum.memcg_id = u64::from(h.memcg);
+        }
+    }
+
     fn new(pid: u32, ts: u64) -> Self {
         let mut p = Process::default();
         p.sum.pid = pid;
@@ -171,10 +200,13 @@ pub struct Model {
     finished_base: u64,
     max_finished: usize,
     pub finished_dropped: u64,
-    cgroups: HashMap<u64, String>,
+    /// Paths and jobs of the cgroups kept processes are in.
+    cgroups: HashMap<CgroupKey, (String, JobInfo)>,
     /// mm_id → pid, learned from rss_stat events in the owning process.
     mm_owner: HashMap<u32, u32>,
     pub host: HostCounters,
+    /// Per job name: the highest totals seen at a sample (see `jobs`).
+    job_peaks: HashMap<String, jobs::JobPeaks>,
     pub last_ts: u64,
     pub min_wait_ns: u64,
     /// Pids of processes that ended since the last [`Model::take_ended`], when
@@ -195,6 +227,7 @@ impl Model {
             cgroups: HashMap::new(),
             mm_owner: HashMap::new(),
             host: HostCounters::default(),
+            job_peaks: HashMap::new(),
             last_ts: 0,
             min_wait_ns: 0,
             ended: Vec::new(),
@@ -220,19 +253,36 @@ impl Model {
         self.procs.values().map(|p| p.threads.len()).sum()
     }
 
-    pub fn set_cgroup(&mut self, id: u64, path: String) {
-        self.cgroups.insert(id, path);
+    /// A cgroup's path and job (classified from the path when the record has none: older
+    /// files).
+    pub fn set_cgroup(&mut self, key: CgroupKey, path: String, job: Option<JobInfo>) {
+        let job = job.unwrap_or_else(|| job::classify(&path));
+        self.cgroups.insert(key, (path, job));
     }
 
-    pub fn cgroup_known(&self, id: u64) -> bool {
-        self.cgroups.contains_key(&id)
+    pub fn cgroup_known(&self, key: CgroupKey) -> bool {
+        self.cgroups.contains_key(&key)
     }
 
-    fn cgroup_name(&self, id: u64) -> String {
-        self.cgroups
-            .get(&id)
-            .cloned()
-            .unwrap_or_else(|| format!("cgroup:{id}"))
+    fn cgroup(&self, hierarchy: Hierarchy, id: u64) -> Option<&(String, JobInfo)> {
+        self.cgroups.get(&CgroupKey { hierarchy, id })
+    }
+
+    /// The job of a process in these cgroups: the more telling of the two (ties: v2's).
+    fn job_of(&self, cgroup_id: u64, memcg_id: u64) -> JobInfo {
+        let v2 = self.cgroup(Hierarchy::V2, cgroup_id).map(|c| &c.1);
+        let mem = (memcg_id != 0)
+            .then(|| self.cgroup(Hierarchy::Memory, memcg_id).map(|c| &c.1))
+            .flatten();
+        match (v2, mem) {
+            (Some(a), Some(b)) => if b.rank() > a.rank() { b } else { a }.clone(),
+            (Some(j), None) | (None, Some(j)) => j.clone(),
+            (None, None) => JobInfo {
+                kind: "cgroup".into(),
+                cgroup: format!("id:{cgroup_id}"),
+                ..Default::default()
+            },
+        }
     }
 
     pub fn seed(&mut self, s: &ProcessSeed, ts: u64) {
@@ -241,9 +291,15 @@ impl Model {
         p.sum.ppid = s.ppid;
         p.sum.comm = s.comm.clone();
         p.sum.cgroup_id = s.cgroup_id;
+        p.sum.memcg_id = s.memcg_id;
         p.sum.seeded = true;
         for &tid in &s.tids {
             p.add_thread(Thread::new(tid, ts));
+        }
+        for (tid, name) in s.tids.iter().zip(&s.thread_names) {
+            if let Some(t) = p.threads.get_mut(tid) {
+                t.rename(name.clone());
+            }
         }
         if let Some(main) = p.threads.get_mut(&s.pid) {
             main.rename(s.comm.clone());
@@ -304,14 +360,12 @@ impl Model {
     /// and was not seeded, or whose birth fell outside the filter). `cgroup_id` is that of an
     /// event the process itself caused: a process moved to another cgroup after its fork
     /// (runc, systemd) follows.
-    fn proc_mut(&mut self, pid: u32, cgroup_id: u64, ts: u64) -> &mut Process {
+    fn proc_mut(&mut self, pid: u32, h: &EventHeader, ts: u64) -> &mut Process {
         let p = self
             .procs
             .entry(pid)
             .or_insert_with(|| Process::new(pid, ts));
-        if cgroup_id != 0 {
-            p.sum.cgroup_id = cgroup_id;
-        }
+        p.follow_cgroups(h);
         p
     }
 
@@ -330,7 +384,7 @@ impl Model {
                     }
                 }
                 if e.clone_flags & CLONE_THREAD != 0 {
-                    let p = self.proc_mut(e.child_tgid, h.cgroup_id, ts);
+                    let p = self.proc_mut(e.child_tgid, &h, ts);
                     let comm = cstr(&e.comm);
                     let mut t = Thread::new(e.child_tid, ts);
                     // A new thread starts with its creator's name.
@@ -343,7 +397,7 @@ impl Model {
                     }
                 } else {
                     let (ppid, comm, brk) = {
-                        let parent = self.proc_mut(h.tgid, h.cgroup_id, ts);
+                        let parent = self.proc_mut(h.tgid, &h, ts);
                         parent.sum.children_created += 1;
                         (h.tgid, cstr(&e.comm), (parent.brk, parent.brk_start))
                     };
@@ -359,7 +413,7 @@ impl Model {
                     let mut child = Process::new(e.child_tgid, ts);
                     child.sum.ppid = ppid;
                     child.sum.comm = comm;
-                    child.sum.cgroup_id = h.cgroup_id;
+                    child.follow_cgroups(&h);
                     // fork copies the address space, break included.
                     (child.brk, child.brk_start) = brk;
                     self.replace(e.child_tgid, child, ts);
@@ -372,9 +426,7 @@ impl Model {
                 if h.tid == h.tgid {
                     p.sum.comm = cstr(&e.comm);
                 }
-                if h.cgroup_id != 0 {
-                    p.sum.cgroup_id = h.cgroup_id;
-                }
+                p.follow_cgroups(&h);
                 // Only a thread the model knew (created or seeded): after lost events, exits
                 // never outnumber what was seen alive.
                 if p.threads.remove(&h.tid).is_some() && h.tid != h.tgid {
@@ -402,7 +454,7 @@ impl Model {
                 }
             }
             Event::Exec(e) => {
-                let p = self.proc_mut(h.tgid, h.cgroup_id, ts);
+                let p = self.proc_mut(h.tgid, &h, ts);
                 p.sum.exe = Some(cstr(&e.filename));
                 p.sum.execs += 1;
                 // An exec from before the /proc scan: the seed already shows what came after
@@ -445,14 +497,14 @@ impl Model {
                 }
             }
             Event::ExitCall(e) => {
-                let p = self.proc_mut(h.tgid, h.cgroup_id, ts);
+                let p = self.proc_mut(h.tgid, &h, ts);
                 if e.group != 0 || h.tid == h.tgid {
                     p.exit_called = true;
                     p.sum.exit_code = Some(e.code);
                 }
             }
             Event::FutexWait(e) => {
-                let p = self.proc_mut(h.tgid, h.cgroup_id, ts);
+                let p = self.proc_mut(h.tgid, &h, ts);
                 let d = ts.saturating_sub(e.start_ns);
                 p.sum.futex_waits += 1;
                 p.sum.futex_park_max_ns = p.sum.futex_park_max_ns.max(d);
@@ -460,22 +512,22 @@ impl Model {
                 p.sum.futex_parked_peak = p.sum.futex_parked_peak.max(1);
             }
             Event::PollWait(e) => {
-                let p = self.proc_mut(h.tgid, h.cgroup_id, ts);
+                let p = self.proc_mut(h.tgid, &h, ts);
                 let d = ts.saturating_sub(e.start_ns);
                 p.sum.poll_waits += 1;
                 p.sum.poll_wait_max_ns = p.sum.poll_wait_max_ns.max(d);
             }
             Event::Mmap(e) => {
-                let p = self.proc_mut(h.tgid, h.cgroup_id, ts);
+                let p = self.proc_mut(h.tgid, &h, ts);
                 p.sum.mmap_calls += 1;
                 p.sum.mmap_bytes += page_round(e.len);
             }
             Event::Munmap(e) => {
-                let p = self.proc_mut(h.tgid, h.cgroup_id, ts);
+                let p = self.proc_mut(h.tgid, &h, ts);
                 p.sum.munmap_bytes += page_round(e.len);
             }
             Event::Mremap(e) => {
-                let p = self.proc_mut(h.tgid, h.cgroup_id, ts);
+                let p = self.proc_mut(h.tgid, &h, ts);
                 let (new, old) = (page_round(e.len), page_round(e.old_len));
                 if new >= old {
                     p.sum.mremap_grow_bytes += new - old;
@@ -484,7 +536,7 @@ impl Model {
                 }
             }
             Event::Brk(e) => {
-                let p = self.proc_mut(h.tgid, h.cgroup_id, ts);
+                let p = self.proc_mut(h.tgid, &h, ts);
                 // Each event names its heap's start: another start is another program (its
                 // exec may have been lost), whose heap grew from that start.
                 let start = e.old_addr;
@@ -515,14 +567,13 @@ impl Model {
                 if let Some(p) = pid.and_then(|pid| self.procs.get_mut(&pid)) {
                     p.set_rss(member, e.size);
                 } else if e.curr != 0 {
-                    self.proc_mut(h.tgid, h.cgroup_id, ts)
-                        .set_rss(member, e.size);
+                    self.proc_mut(h.tgid, &h, ts).set_rss(member, e.size);
                 }
             }
             Event::MemBatch(e) => {
                 if !self.procs.contains_key(&h.tgid) && !self.finished_by_pid.contains_key(&h.tgid)
                 {
-                    self.proc_mut(h.tgid, h.cgroup_id, e.first_ns);
+                    self.proc_mut(h.tgid, &h, e.first_ns);
                 }
                 if let Some(s) = self.summary_for_late(h.tgid, e.first_ns) {
                     s.mmap_calls += e.mmap_calls as u64;
@@ -613,6 +664,7 @@ impl Model {
                 p.sum.poll_wait_max_ns = p.sum.poll_wait_max_ns.max(d);
             }
         }
+        self.sample_jobs();
     }
 
     /// Forgets what only gone processes referred to: their mm ids, and the names of cgroups no
@@ -621,12 +673,25 @@ impl Model {
     pub fn compact(&mut self) {
         let procs = &self.procs;
         self.mm_owner.retain(|_, pid| procs.contains_key(pid));
-        let in_use: std::collections::HashSet<u64> = procs
+        let in_use: std::collections::HashSet<CgroupKey> = procs
             .values()
-            .map(|p| p.sum.cgroup_id)
-            .chain(self.finished.iter().map(|s| s.cgroup_id))
+            .map(|p| &p.sum)
+            .chain(self.finished.iter())
+            .flat_map(|s| {
+                [
+                    CgroupKey {
+                        hierarchy: Hierarchy::V2,
+                        id: s.cgroup_id,
+                    },
+                    CgroupKey {
+                        hierarchy: Hierarchy::Memory,
+                        id: s.memcg_id,
+                    },
+                ]
+            })
             .collect();
-        self.cgroups.retain(|id, _| in_use.contains(id));
+        self.cgroups.retain(|k, _| in_use.contains(k));
+        self.compact_jobs();
     }
 
     /// Summaries of every process seen: exited ones first, in exit order, then live ones by pid.
@@ -646,8 +711,19 @@ impl Model {
     }
 
     fn named(&self, s: &ProcessSummary) -> ProcessSummary {
+        let job_info = self.job_of(s.cgroup_id, s.memcg_id);
         ProcessSummary {
-            cgroup: self.cgroup_name(s.cgroup_id),
+            job: job_info.name(),
+            job_info,
+            cgroup: self
+                .cgroup(Hierarchy::V2, s.cgroup_id)
+                .map_or_else(|| format!("cgroup:{}", s.cgroup_id), |c| c.0.clone()),
+            memory_cgroup: (s.memcg_id != 0)
+                .then(|| {
+                    self.cgroup(Hierarchy::Memory, s.memcg_id)
+                        .map(|c| c.0.clone())
+                })
+                .flatten(),
             ..s.clone()
         }
     }
@@ -674,7 +750,7 @@ mod tests {
             tid,
             kind: kind as u16,
             cpu: 0,
-            _pad: 0,
+            memcg: 0,
         }
     }
 
@@ -925,12 +1001,61 @@ mod tests {
     #[test]
     fn compaction_forgets_cgroups_of_forgotten_processes() {
         let mut m = Model::new(1);
-        m.set_cgroup(5, "/kept".into());
-        m.set_cgroup(6, "/gone".into());
+        m.set_cgroup(v2(5), "/system.slice/kept.service".into(), None);
+        m.set_cgroup(v2(6), "/gone".into(), None);
         m.apply(&newtask(1, 1, 100, false)); // cgroup 5 (see hdr)
+        assert_eq!(find(&m, 100).job, "systemd:kept.service");
         m.compact();
-        assert!(m.cgroup_known(5));
-        assert!(!m.cgroup_known(6));
+        assert!(m.cgroup_known(v2(5)));
+        assert!(!m.cgroup_known(v2(6)));
+    }
+
+    fn v2(id: u64) -> CgroupKey {
+        CgroupKey {
+            hierarchy: Hierarchy::V2,
+            id,
+        }
+    }
+
+    #[test]
+    fn the_more_telling_cgroup_names_the_job_and_moves_are_followed() {
+        let mut m = Model::new(10);
+        let mem = |id| CgroupKey {
+            hierarchy: Hierarchy::Memory,
+            id,
+        };
+        let id = "ab".repeat(32);
+        m.set_cgroup(v2(5), "/".into(), None);
+        m.set_cgroup(mem(9), format!("/docker/{id}"), None);
+        m.set_cgroup(mem(10), "/system.slice/cron.service".into(), None);
+        m.apply(&newtask(1, 1, 100, false));
+        assert_eq!(
+            find(&m, 100).job,
+            "cgroup:/",
+            "no memory cgroup in the event yet"
+        );
+        let mut ev = newtask(2, 100, 101, true);
+        if let Event::NewTask(e) = &mut ev {
+            e.hdr.memcg = 9;
+        }
+        m.apply(&ev);
+        let s = find(&m, 100);
+        assert_eq!(s.job, format!("docker:{}", &id[..12]));
+        assert_eq!(s.memory_cgroup.as_deref(), Some(&*format!("/docker/{id}")));
+        let mut ev = exit(3, 100, 101, false);
+        if let Event::TaskExit(e) = &mut ev {
+            e.hdr.memcg = 10;
+        }
+        m.apply(&ev);
+        assert_eq!(find(&m, 100).job, "systemd:cron.service");
+        // An id nobody resolved.
+        m.apply(&newtask(4, 1, 200, false));
+        let mut ev = exit(5, 200, 200, true);
+        if let Event::TaskExit(e) = &mut ev {
+            e.hdr.cgroup_id = 77;
+        }
+        m.apply(&ev);
+        assert_eq!(find(&m, 200).job, "cgroup:id:77");
     }
 
     #[test]

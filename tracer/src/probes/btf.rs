@@ -31,6 +31,8 @@ pub struct KernelBtf {
     strings: Vec<u8>,
     types: Vec<Type>,
     by_name: HashMap<String, usize>,
+    /// Enumerator name → value (C enumerators share one namespace).
+    enumerators: HashMap<String, i64>,
 }
 
 impl KernelBtf {
@@ -57,6 +59,7 @@ impl KernelBtf {
             members: Vec::new(),
             ref_type: 0,
         }];
+        let mut enumerators: Vec<(u32, i64)> = Vec::new();
         let mut o = hdr_len + type_off;
         let end = o + type_len;
         while o + 12 <= end {
@@ -83,12 +86,27 @@ impl KernelBtf {
                     }
                     vlen * 12
                 }
-                6 => vlen * 8,   // ENUM
+                6 => {
+                    for i in 0..vlen {
+                        let e = o + i * 8;
+                        let v = u32_at(e + 4)? as i32 as i64;
+                        enumerators.push((u32_at(e)?, v));
+                    }
+                    vlen * 8
+                } // ENUM
                 13 => vlen * 8,  // FUNC_PROTO
                 14 => 4,         // VAR
                 15 => vlen * 12, // DATASEC
                 17 => 4,         // DECL_TAG
-                19 => vlen * 12, // ENUM64
+                19 => {
+                    for i in 0..vlen {
+                        let e = o + i * 12;
+                        let v =
+                            (u64::from(u32_at(e + 8)?) << 32 | u64::from(u32_at(e + 4)?)) as i64;
+                        enumerators.push((u32_at(e)?, v));
+                    }
+                    vlen * 12
+                } // ENUM64
                 _ => 0,          // PTR, FWD, TYPEDEF, modifiers, FUNC, FLOAT, TYPE_TAG
             };
             o += extra;
@@ -108,7 +126,12 @@ impl KernelBtf {
             strings,
             types,
             by_name: HashMap::new(),
+            enumerators: HashMap::new(),
         };
+        for (name_off, v) in enumerators {
+            let name = btf.str_at(name_off).to_owned();
+            btf.enumerators.entry(name).or_insert(v);
+        }
         for (i, t) in btf.types.iter().enumerate() {
             if t.kind == KIND_STRUCT && t.name_off != 0 {
                 let name = btf.str_at(t.name_off).to_owned();
@@ -122,6 +145,11 @@ impl KernelBtf {
         let s = self.strings.get(off as usize..).unwrap_or_default();
         let end = s.iter().position(|&b| b == 0).unwrap_or(s.len());
         std::str::from_utf8(&s[..end]).unwrap_or("")
+    }
+
+    /// The value of an enumerator, such as `memory_cgrp_id`.
+    pub fn enum_value(&self, name: &str) -> Option<i64> {
+        self.enumerators.get(name).copied()
     }
 
     /// Size in bytes of `struct name`.
@@ -253,6 +281,12 @@ mod tests {
         );
         assert_eq!(btf.array_member_offset("task_struct", "pid", "x"), None);
         assert_eq!(btf.member_offset("no_such_struct", "x"), None);
+        // enum cgroup_subsys_id: cpuset, cpu, cpuacct, io come first on Debian's configs.
+        let memory = btf.enum_value("memory_cgrp_id").expect("memory_cgrp_id");
+        assert!((1..16).contains(&memory), "{memory}");
+        assert_eq!(btf.enum_value("no_such_enumerator"), None);
+        assert_eq!(btf.member_offset("cgroup_subsys_state", "cgroup"), Some(0));
+        assert_eq!(btf.member_offset("css_set", "subsys"), Some(0));
     }
 
     fn kernel_at_least(major: u32, minor: u32) -> bool {

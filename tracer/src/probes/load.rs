@@ -136,6 +136,12 @@ impl Probes {
             .override_global(globals::MM_RSS_STAT_OFF, &offsets.mm_rss_stat, true)
             .override_global(globals::PCPU_COUNTER_SIZE, &offsets.pcpu_counter_size, true)
             .override_global(globals::PCPU_COUNT_OFF, &offsets.pcpu_count, true)
+            .override_global(globals::MEMCG_V1, &offsets.memcg_v1, true)
+            .override_global(globals::TASK_CGROUPS_OFF, &offsets.task_cgroups, true)
+            .override_global(globals::CSS_SET_MEMCG_OFF, &offsets.css_set_memcg, true)
+            .override_global(globals::CSS_CGROUP_OFF, &offsets.css_cgroup, true)
+            .override_global(globals::CGROUP_KN_OFF, &offsets.cgroup_kn, true)
+            .override_global(globals::KN_ID_OFF, &offsets.kn_id, true)
             .map_max_entries(m::EVENTS, cfg.ring_bytes)
             .map_max_entries(m::WAIT_SLOTS, slots_len)
             .load(OBJECT)
@@ -322,6 +328,13 @@ struct KernelOffsets {
     mm_rss_stat: u64,
     pcpu_counter_size: u64,
     pcpu_count: u64,
+    /// 1 when the memory controller is on v1 and the five offsets below are known.
+    memcg_v1: u64,
+    task_cgroups: u64,
+    css_set_memcg: u64,
+    css_cgroup: u64,
+    cgroup_kn: u64,
+    kn_id: u64,
 }
 
 impl KernelOffsets {
@@ -356,7 +369,44 @@ impl KernelOffsets {
                 .map_or(0, u64::from),
             pcpu_counter_size: btf.struct_size("percpu_counter").map_or(0, u64::from),
             pcpu_count: off("percpu_counter", "count"),
+            ..Self::default()
         }
+        .with_memcg(&btf)
+    }
+
+    /// The path from a task to its memory cgroup's id, when memory is on cgroup v1 (on v2 the
+    /// cgroup v2 id of every event says it all).
+    fn with_memcg(mut self, btf: &super::btf::KernelBtf) -> Self {
+        if crate::cgroups::memory_v1_mount().is_none() {
+            return self;
+        }
+        let path = || -> Option<[u64; 5]> {
+            let id = u64::try_from(btf.enum_value("memory_cgrp_id")?).ok()?;
+            let subsys = btf.member_offset("css_set", "subsys")?;
+            Some([
+                btf.member_offset("task_struct", "cgroups")?.into(),
+                u64::from(subsys) + 8 * id,
+                btf.member_offset("cgroup_subsys_state", "cgroup")?.into(),
+                btf.member_offset("cgroup", "kn")?.into(),
+                btf.member_offset("kernfs_node", "id")?.into(),
+            ])
+        };
+        match path() {
+            Some([task_cgroups, css_set_memcg, css_cgroup, cgroup_kn, kn_id]) => {
+                self.memcg_v1 = 1;
+                self.task_cgroups = task_cgroups;
+                self.css_set_memcg = css_set_memcg;
+                self.css_cgroup = css_cgroup;
+                self.cgroup_kn = cgroup_kn;
+                self.kn_id = kn_id;
+            }
+            None => tracing::warn!(
+                "the memory controller is on cgroup v1 but this kernel's BTF lacks the path \
+                 from a task to its memory cgroup: jobs are named from cgroup v2 (and /proc for \
+                 processes that existed at start)"
+            ),
+        }
+        self
     }
 
     /// Whether the BTF `rss_stat` program of 6.2+ has every offset it needs.

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::cgroups::{Hierarchy, JobInfo};
+
 /// A record the collector writes next to kernel events.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -9,10 +11,18 @@ pub enum Meta {
     Start(StartInfo),
     /// A process that existed when tracing started.
     Process(ProcessSeed),
-    /// The path of a cgroup id, written the first time an id is seen.
+    /// The path of a cgroup id and the job it is, written when the resolver found it (after
+    /// the first events of that id: resolution runs off the event drain).
     Cgroup {
         id: u64,
         path: String,
+        /// v2 (absent in older files) or the v1 memory controller (`id` its low 32 bits).
+        #[serde(default)]
+        hierarchy: Hierarchy,
+        /// What the path and the node's files said (absent in older files: classified from
+        /// the path on reading).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job: Option<Box<JobInfo>>,
     },
     /// Threads blocked right now, per process, read from the kernel's `WAIT_SLOTS` array.
     Waits {
@@ -72,7 +82,13 @@ pub struct ProcessSeed {
     pub ppid: u32,
     pub comm: String,
     pub cgroup_id: u64,
+    /// The v1 memory cgroup's id (low 32 bits), 0 if none (see `EventHeader::memcg`).
+    #[serde(default)]
+    pub memcg_id: u64,
     pub tids: Vec<u32>,
+    /// The name of each thread in `tids` (same order; empty in older files).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub thread_names: Vec<String>,
     pub rss_bytes: u64,
     /// The current program break, when known (end of `[heap]`, or `start_brk`).
     pub brk: Option<u64>,

@@ -218,6 +218,8 @@ mod tests {
         w.meta(&Meta::Cgroup {
             id: 1,
             path: "/a".into(),
+            hierarchy: Default::default(),
+            job: None,
         })
         .unwrap();
         w.event(&[1, 2, 3, 4]).unwrap();
