@@ -33,6 +33,7 @@ pub enum EventKind {
     OomVictim = 12,
     MemBatch = 13,
     Rename = 14,
+    Stack = 15,
 }
 
 impl EventKind {
@@ -52,6 +53,7 @@ impl EventKind {
             12 => Self::OomVictim,
             13 => Self::MemBatch,
             14 => Self::Rename,
+            15 => Self::Stack,
             _ => return None,
         })
     }
@@ -69,6 +71,7 @@ impl EventKind {
             Self::OomVictim => size_of::<OomEvent>(),
             Self::MemBatch => size_of::<MemBatchEvent>(),
             Self::Rename => size_of::<RenameEvent>(),
+            Self::Stack => size_of::<StackEvent>(),
         }
     }
 }
@@ -277,6 +280,41 @@ pub struct OomEvent {
 /// [`OomEvent::flags`]: the kernel gave only the victim's pid.
 pub const OOM_PID_ONLY: u32 = 1;
 
+/// Bytes of the creator's user stack copied at a thread or process creation: enough for the
+/// frames from `clone3` up through `pthread_create` and the caller's code, through CPython's
+/// and Ruby's VMs (perf's default for `--call-graph dwarf` is the same).
+pub const STACK_BYTES: usize = 8192;
+/// The stack is copied in chunks of this size, up to the first one that cannot be read (the
+/// top of the stack's mapping).
+pub const STACK_CHUNK: usize = 1024;
+
+/// The creator's user registers and the top of its user stack, right after the
+/// [`NewTaskEvent`] of the same creation (sampled: see `maps::STACK_BUDGET`). Userspace unwinds
+/// it with `.eh_frame` (binaries without frame pointers). It is not written to trace files:
+/// the collector records the unwound, symbolized frames instead.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackEvent {
+    pub head: StackHead,
+    /// User memory from `head.sp` up.
+    pub stack: [u8; STACK_BYTES],
+}
+
+/// The fixed part of a [`StackEvent`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackHead {
+    pub hdr: EventHeader,
+    /// The new task.
+    pub child_tid: u32,
+    /// Bytes of `stack` that were read (a multiple of [`STACK_CHUNK`]; 0: none).
+    pub len: u32,
+    /// User `rip`, `rsp`, `rbp` at the clone syscall.
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+}
+
 const _: () = {
     assert!(size_of::<EventHeader>() == 32);
     assert!(size_of::<NewTaskEvent>() == 32 + 32);
@@ -288,6 +326,9 @@ const _: () = {
     assert!(size_of::<RssEvent>() == 32 + 24);
     assert!(size_of::<OomEvent>() == 32 + 48);
     assert!(size_of::<MemBatchEvent>() == 32 + 32);
+    assert!(size_of::<StackHead>() == 32 + 32);
+    assert!(size_of::<StackEvent>() == size_of::<StackHead>() + STACK_BYTES);
+    assert!(STACK_BYTES.is_multiple_of(STACK_CHUNK));
 };
 
 #[cfg(feature = "user")]

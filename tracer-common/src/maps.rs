@@ -128,6 +128,37 @@ pub mod globals {
     pub const CSS_CGROUP_OFF: &str = "CSS_CGROUP_OFF";
     pub const CGROUP_KN_OFF: &str = "CGROUP_KN_OFF";
     pub const KN_ID_OFF: &str = "KN_ID_OFF";
+    /// Creator stacks: the budget's refill period per stack in ns (0: stacks off) and its
+    /// depth in ns (burst × period); `task_struct.stack`; where the user `pt_regs` sit in the
+    /// kernel stack (`THREAD_SIZE - sizeof(struct pt_regs)`); and the offsets of `ip`, `sp`,
+    /// `bp`, `cs` in `pt_regs`.
+    pub const STACK_PERIOD_NS: &str = "STACK_PERIOD_NS";
+    pub const STACK_BURST_NS: &str = "STACK_BURST_NS";
+    pub const TASK_STACK_OFF: &str = "TASK_STACK_OFF";
+    pub const PT_REGS_TOP_OFF: &str = "PT_REGS_TOP_OFF";
+    pub const PT_REGS_IP_OFF: &str = "PT_REGS_IP_OFF";
+    pub const PT_REGS_SP_OFF: &str = "PT_REGS_SP_OFF";
+    pub const PT_REGS_BP_OFF: &str = "PT_REGS_BP_OFF";
+    pub const PT_REGS_CS_OFF: &str = "PT_REGS_CS_OFF";
+}
+
+/// Per-CPU stack budgets, direct-mapped by `tgid & (STACK_BUDGET_LEN - 1)`: a creator's stack
+/// is copied only while its process has credit (a token bucket: one stack per
+/// `STACK_PERIOD_NS`, bursts up to `STACK_BURST_NS`), so a process creating thousands of
+/// threads a second costs a bounded number of 8 KiB copies. A slot held by another tgid is
+/// taken over with a full budget. Creation counts stay exact: only stacks are sampled, and
+/// `Stat::StacksSkipped` counts the rest.
+pub const STACK_BUDGET: &str = "STACK_BUDGET";
+pub const STACK_BUDGET_LEN: u32 = 1024;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackBudget {
+    pub tgid: u32,
+    pub _pad: u32,
+    /// Credit in ns of refill; a stack costs `STACK_PERIOD_NS`.
+    pub credit_ns: u64,
+    pub last_ns: u64,
 }
 
 /// A thread in a call that can block: the value of `WAIT_SLOTS` (its tid is the index).
@@ -162,6 +193,8 @@ const _: () = {
     assert!(size_of::<MemAcc>() == 56);
     assert!(size_of::<RssLast>() == 40);
     assert!(RSS_LAST_LEN.is_power_of_two());
+    assert!(STACK_BUDGET_LEN.is_power_of_two());
+    assert!(size_of::<StackBudget>() == 24);
 };
 
 /// Indexes of the per-CPU `STATS` counters. Stable: trace files store them by name, but keep
@@ -189,10 +222,14 @@ pub enum Stat {
     MemFailures,
     /// `rss_stat` updates below the granule (counted, not streamed).
     RssFiltered,
+    /// Creations whose creator's stack was not copied: its process was over its budget.
+    StacksSkipped,
+    /// Creations whose creator's user registers could not be read.
+    StacksFailed,
 }
 
 impl Stat {
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 12;
     pub const ALL: [Stat; Self::COUNT as usize] = [
         Stat::Lost,
         Stat::WaitMapFull,
@@ -204,6 +241,8 @@ impl Stat {
         Stat::BrkQueries,
         Stat::MemFailures,
         Stat::RssFiltered,
+        Stat::StacksSkipped,
+        Stat::StacksFailed,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -218,6 +257,8 @@ impl Stat {
             Stat::BrkQueries => "brk_queries",
             Stat::MemFailures => "mem_failures",
             Stat::RssFiltered => "rss_filtered",
+            Stat::StacksSkipped => "stacks_skipped",
+            Stat::StacksFailed => "stacks_failed",
         }
     }
 }

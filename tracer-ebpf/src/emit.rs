@@ -88,6 +88,23 @@ pub static CGROUP_KN_OFF: u64 = 0;
 /// `kernfs_node.id`.
 #[unsafe(no_mangle)]
 pub static KN_ID_OFF: u64 = 0;
+/// Creator stacks (see `tracer_common::maps::globals::STACK_PERIOD_NS`); period 0: off.
+#[unsafe(no_mangle)]
+pub static STACK_PERIOD_NS: u64 = 0;
+#[unsafe(no_mangle)]
+pub static STACK_BURST_NS: u64 = 0;
+#[unsafe(no_mangle)]
+pub static TASK_STACK_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+pub static PT_REGS_TOP_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+pub static PT_REGS_IP_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+pub static PT_REGS_SP_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+pub static PT_REGS_BP_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+pub static PT_REGS_CS_OFF: u64 = 0;
 
 /// A global the collector set at load time. `.rodata` is frozen, so the verifier knows the
 /// value as a constant (which lets `btf_field` load at that offset).
@@ -123,7 +140,7 @@ pub fn current_task_read<T>(off: &'static u64) -> Option<T> {
 
 /// `*(base + off)` by probe read, for offsets that may legitimately be 0 (first members).
 #[inline(always)]
-fn read_at<T>(base: u64, off: &'static u64) -> Option<T> {
+pub fn read_at<T>(base: u64, off: &'static u64) -> Option<T> {
     if base == 0 {
         return None;
     }

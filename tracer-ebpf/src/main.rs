@@ -12,6 +12,7 @@ mod batch;
 mod emit;
 mod mem;
 mod park;
+mod stack;
 mod syscall;
 mod task;
 

@@ -82,6 +82,7 @@ fn new_task(child_tid: u32, clone_flags: u64) {
         current_comm(&mut (*ev).comm);
     }
     submit(entry);
+    crate::stack::capture(tgid, tid, child_tid);
 }
 
 /// The current task's comm, written in place (NUL-padded by the helper, zeroed on error):

@@ -14,16 +14,17 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
-use tracer_common::maps::Stat;
+use tracer_common::{GROUP_DEAD_YES, maps::Stat};
 
 use crate::{
     cgroups::{self, CgroupKey, Hierarchy, Mounts, Resolver},
     command::{self, Gate, spawn_gated},
     engine::Engine,
-    events,
+    events::{self, Event},
     model::Model,
     probes::{LoadConfig, Probes, wait_snapshot},
     seed,
+    stacks::{StackJob, Stacks},
     tracefile::{Meta, StartInfo, TraceWriter},
 };
 
@@ -45,6 +46,9 @@ pub struct SessionOptions {
     pub raw_syscall_hooks: bool,
     /// Called with the model after every sample (the live view).
     pub print_every: Option<Duration>,
+    /// Creator stacks copied per process per second per CPU (0: off), and the burst.
+    pub stacks_per_sec: u32,
+    pub stack_burst: u32,
 }
 
 impl Default for SessionOptions {
@@ -60,6 +64,8 @@ impl Default for SessionOptions {
             ring_bytes: tracer_common::maps::EVENTS_BYTES,
             raw_syscall_hooks: false,
             print_every: None,
+            stacks_per_sec: 20,
+            stack_burst: 200,
         }
     }
 }
@@ -126,6 +132,7 @@ struct Session {
     engine: Engine,
     mounts: Mounts,
     resolver: Resolver,
+    stacks: Stacks,
     sink: Sink,
     min_wait_ns: u64,
     last_stats: Option<crate::probes::KernelStats>,
@@ -137,6 +144,7 @@ struct Session {
 fn handle(
     engine: &mut Engine,
     resolver: &mut Resolver,
+    stacks: &mut Stacks,
     sink: &mut Sink,
     bytes: &[u8],
 ) -> anyhow::Result<()> {
@@ -148,6 +156,26 @@ fn handle(
             return Ok(());
         }
     };
+    match &ev {
+        // Unwound off the drain; the frames are recorded, not the 8 KiB copy.
+        Event::Stack(s) => {
+            stacks.submit(StackJob {
+                ts_ns: s.hdr.ts_ns,
+                pid: s.hdr.tgid,
+                creator_tid: s.hdr.tid,
+                tid: s.child_tid,
+                ip: s.ip,
+                sp: s.sp,
+                bp: s.bp,
+                stack: events::stack_bytes(bytes).to_vec(),
+            });
+            return Ok(());
+        }
+        // Its modules change (exec) or go (exit).
+        Event::Exec(e) => stacks.forget(e.hdr.tgid),
+        Event::TaskExit(e) if e.group_dead == GROUP_DEAD_YES => stacks.forget(e.hdr.tgid),
+        _ => {}
+    }
     let h = ev.header();
     note_cgroups(engine, resolver, h.cgroup_id, u64::from(h.memcg));
     sink.event(bytes)?;
@@ -212,14 +240,19 @@ impl Session {
             probes,
             engine,
             resolver,
+            stacks,
             sink,
             ..
         } = self;
         while let Some(item) = probes.events.next() {
-            handle(engine, resolver, sink, &item)?;
+            handle(engine, resolver, stacks, sink, &item)?;
         }
         let answers = resolver.answers();
-        record_answers(engine, sink, answers)
+        record_answers(engine, sink, answers)?;
+        for r in stacks.answers() {
+            record(engine, sink, Meta::Stack(r))?;
+        }
+        Ok(())
     }
 
     fn sample(&mut self) -> anyhow::Result<()> {
@@ -482,6 +515,8 @@ pub async fn run(
         filter,
         ring_bytes: opts.ring_bytes,
         raw_syscall_hooks: opts.raw_syscall_hooks,
+        stacks_per_sec: opts.stacks_per_sec,
+        stack_burst: opts.stack_burst,
     };
     let probes = Probes::load(&cfg)?;
     let failed_probes: Vec<String> = probes.failed().map(|p| p.name.clone()).collect();
@@ -494,6 +529,7 @@ pub async fn run(
             cgroups::node::NodeFiles::default(),
         ))
         .context("starting the cgroup resolver thread")?,
+        stacks: Stacks::start().context("starting the stack unwinder thread")?,
         sink,
         min_wait_ns: cfg.min_wait_ns,
         last_stats: None,
@@ -526,6 +562,15 @@ pub async fn run(
     // Names of cgroups still being looked up (a short run, or a process that just started).
     let answers = s.resolver.settle(Duration::from_secs(2));
     record_answers(&mut s.engine, &mut s.sink, answers)?;
+    for r in s.stacks.settle(Duration::from_secs(5)) {
+        s.record(Meta::Stack(r))?;
+    }
+    if s.stacks.dropped > 0 {
+        tracing::warn!(
+            "{} creator stacks were not unwound: the unwinder fell behind",
+            s.stacks.dropped
+        );
+    }
     let stats = s.probes.stats().unwrap_or_default();
     let exit_code = match stop {
         Stop::CommandExited(c) => Some(c),

@@ -103,6 +103,7 @@ impl Engine {
                 // Once per sample: forget what only gone processes referred to.
                 self.model.compact();
             }
+            Meta::Stack(r) => self.model.apply_stack(r),
             Meta::Stats { ts_ns, counters } => {
                 self.last_ts = self.last_ts.max(*ts_ns);
                 self.counters = counters.clone();

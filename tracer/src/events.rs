@@ -6,7 +6,7 @@
 use thiserror::Error;
 use tracer_common::{
     EventHeader, EventKind, ExecEvent, ExitCallEvent, MemBatchEvent, MemEvent, NewTaskEvent,
-    OomEvent, RenameEvent, RssEvent, TaskExitEvent, WaitEvent,
+    OomEvent, RenameEvent, RssEvent, StackEvent, StackHead, TaskExitEvent, WaitEvent,
 };
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -40,6 +40,8 @@ pub enum Event {
     Oom(OomEvent),
     MemBatch(MemBatchEvent),
     Rename(RenameEvent),
+    /// The fixed part of a creator stack; the stack bytes are in [`stack_bytes`].
+    Stack(StackHead),
 }
 
 impl Event {
@@ -55,6 +57,7 @@ impl Event {
             Event::Oom(e) => &e.hdr,
             Event::MemBatch(e) => &e.hdr,
             Event::Rename(e) => &e.hdr,
+            Event::Stack(e) => &e.hdr,
         }
     }
 }
@@ -104,7 +107,19 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         EventKind::OomVictim => Event::Oom(read(bytes)),
         EventKind::MemBatch => Event::MemBatch(read(bytes)),
         EventKind::Rename => Event::Rename(read(bytes)),
+        EventKind::Stack => Event::Stack(read(bytes)),
     })
+}
+
+/// The stack memory a [`StackEvent`] carries: the bytes that were read.
+pub fn stack_bytes(bytes: &[u8]) -> &[u8] {
+    let head = size_of::<StackHead>();
+    if bytes.len() < head {
+        return &[];
+    }
+    let h: StackHead = read(bytes);
+    let len = (h.len as usize).min(size_of::<StackEvent>() - head);
+    bytes.get(head..head + len).unwrap_or(&[])
 }
 
 /// The bytes of an event struct, as the kernel writes them (for tests and generators).

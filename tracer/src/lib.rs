@@ -14,4 +14,5 @@ pub mod model;
 pub mod probes;
 pub mod report;
 pub mod seed;
+pub mod stacks;
 pub mod tracefile;

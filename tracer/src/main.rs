@@ -46,6 +46,13 @@ struct TraceArgs {
     /// kernels whose BTF tracepoints misbehave).
     #[arg(long, value_enum, default_value_t = Hooks::Auto)]
     syscall_hooks: Hooks,
+    /// Creator stacks (who created each thread, from which code) copied per process per
+    /// second on each CPU, after a burst of --stack-burst; 0 turns them off. Creation counts
+    /// are exact either way; site counts beyond the budget come from samples.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    stacks_per_sec: u32,
+    #[arg(long, default_value_t = 200, value_name = "N")]
+    stack_burst: u32,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -150,6 +157,8 @@ fn options(t: &TraceArgs) -> anyhow::Result<collector::SessionOptions> {
         raw_syscall_hooks: matches!(t.syscall_hooks, Hooks::Raw),
         sample_interval: Duration::from_millis(t.sample_ms),
         rss_granule: t.rss_granule_kib * 1024,
+        stacks_per_sec: t.stacks_per_sec,
+        stack_burst: t.stack_burst,
         ..Default::default()
     })
 }
@@ -174,6 +183,8 @@ fn run() -> anyhow::Result<ExitCode> {
             rss_granule_kib: 1024,
             ring_kib: 8192,
             syscall_hooks: Hooks::Auto,
+            stacks_per_sec: 20,
+            stack_burst: 200,
         },
     });
     match cmd {

@@ -194,7 +194,55 @@ pub fn render_text(r: &Report, limit: usize) -> String {
         }
     );
     o.push_str(&render_table(&rows, limit));
+    o.push_str(&render_creators(&rows, limit));
     o.push_str(&render_jobs(r, limit));
+    o
+}
+
+/// Where the threads of the busiest processes were created.
+fn render_creators(rows: &[&ProcessSummary], limit: usize) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let with: Vec<&&ProcessSummary> = rows
+        .iter()
+        .filter(|p| !p.creator_sites.is_empty())
+        .take(limit)
+        .collect();
+    if with.is_empty() {
+        return o;
+    }
+    let _ = writeln!(
+        o,
+        "\nthread creators (site: threads created there, alive, parked)"
+    );
+    for p in with {
+        let sampled = if p.stacks_sampled {
+            format!(
+                " [sampled: {} of {} creations had their stack recorded]",
+                p.creation_stacks, p.threads_created
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            o,
+            "{:>8} {}{}",
+            p.pid,
+            escape::term_cut(&p.comm, 16),
+            sampled
+        );
+        for s in &p.creator_sites {
+            let _ = writeln!(
+                o,
+                "{:>8}   {} ×{} (alive {}, parked {})",
+                "",
+                escape::term(&s.site),
+                s.threads,
+                s.alive,
+                s.parked
+            );
+        }
+    }
     o
 }
 

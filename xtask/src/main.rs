@@ -67,6 +67,11 @@ const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "cpio",
+    // The creator-stack tests: a C workload built at -O2, Debian's CPython and Ruby.
+    "gcc",
+    "libc6-dev",
+    "python3.11",
+    "ruby",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

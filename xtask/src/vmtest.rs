@@ -379,6 +379,21 @@ fn build_initramfs(work: &Path, tests: &[PathBuf]) -> anyhow::Result<PathBuf> {
         }
         libs.extend(shared_libs(bin)?);
     }
+    for (bin, files) in interpreter_files()? {
+        libs.extend(shared_libs(Path::new(bin))?);
+        for f in files {
+            if f.extension().is_some_and(|e| e == "so") {
+                libs.extend(shared_libs(&f)?);
+            }
+            let dest = tree.join(f.strip_prefix("/").unwrap_or(&f));
+            std::fs::create_dir_all(dest.parent().expect("parent"))?;
+            std::fs::copy(&f, &dest).with_context(|| format!("copying {}", f.display()))?;
+        }
+        let dest = tree.join(bin.trim_start_matches('/'));
+        std::fs::create_dir_all(dest.parent().expect("parent"))?;
+        let _ = std::fs::remove_file(&dest);
+        std::fs::copy(bin, &dest).with_context(|| format!("copying {bin}"))?;
+    }
     for lib in libs {
         let dest = tree.join(lib.strip_prefix("/").unwrap_or(&lib));
         std::fs::create_dir_all(dest.parent().expect("parent"))?;
@@ -408,6 +423,50 @@ fn build_initramfs(work: &Path, tests: &[PathBuf]) -> anyhow::Result<PathBuf> {
         bail!("building the initramfs failed (cpio and gzip are needed)");
     }
     Ok(out)
+}
+
+/// Debian's interpreters the creator-stack tests run, and a command that prints the files
+/// each loads for what the tests do (the guest gets those, not the whole standard library).
+const INTERPRETERS: &[(&str, &[&str])] = &[
+    (
+        "/usr/bin/python3.11",
+        &[
+            "-I",
+            "-S",
+            "-c",
+            "import threading, time, sys\n\
+             print('\\n'.join(sorted({m.__file__ for m in list(sys.modules.values()) \
+             if getattr(m, '__file__', None)})))",
+        ],
+    ),
+    (
+        "/usr/bin/ruby",
+        &[
+            "--disable-gems",
+            "-e",
+            "Thread.new { sleep 0.01 }.join; puts $LOADED_FEATURES",
+        ],
+    ),
+];
+
+/// Each interpreter and the files it loaded on the host.
+fn interpreter_files() -> anyhow::Result<Vec<(&'static str, Vec<PathBuf>)>> {
+    let mut v = Vec::new();
+    for (bin, args) in INTERPRETERS {
+        let out = Command::new(bin).args(*args).output().with_context(|| {
+            format!("running {bin} (the creator-stack tests need it: `cargo xtask setup`)")
+        })?;
+        if !out.status.success() {
+            bail!("{bin} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let files = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute() && p.is_file())
+            .collect();
+        v.push((*bin, files));
+    }
+    Ok(v)
 }
 
 /// The shared libraries `bin` loads (and the loader), from `ldd`.
@@ -599,11 +658,22 @@ pub fn test_binaries(root: &Path, packages: &[&str]) -> anyhow::Result<Vec<PathB
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        if msg["reason"] != "compiler-artifact" {
-            continue;
-        }
+
         if let Some(exe) = msg["executable"].as_str() {
             v.push(PathBuf::from(exe));
+        }
+        // Workloads built by build scripts (the C spawner): every executable in OUT_DIR.
+        if msg["reason"] == "build-script-executed"
+            && let Some(out) = msg["out_dir"].as_str()
+        {
+            for e in std::fs::read_dir(out).into_iter().flatten().flatten() {
+                let exec = e
+                    .metadata()
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+                if exec {
+                    v.push(e.path());
+                }
+            }
         }
     }
     let _ = std::io::stdout().flush();

@@ -8,9 +8,11 @@
 use std::collections::{HashMap, VecDeque};
 
 pub mod jobs;
+pub mod sites;
 pub mod thread;
 
 pub use jobs::JobSummary;
+pub use sites::CreatorSite;
 pub use thread::{Creator, Thread};
 
 use serde::Serialize;
@@ -21,8 +23,11 @@ use tracer_common::{
 use crate::{
     cgroups::{CgroupKey, Hierarchy, JobInfo, job},
     events::{Event, cstr},
-    tracefile::{ProcessSeed, WaitAggregate},
+    tracefile::{ProcessSeed, StackRecord, WaitAggregate},
 };
+
+/// Creating sites listed per process (the busiest).
+pub const TOP_SITES: usize = 5;
 
 /// What the report says about one process: all counters are over the traced interval.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
@@ -85,6 +90,16 @@ pub struct ProcessSummary {
     /// bounds, its live threads were re-read from /proc, and its thread peak is the one from
     /// before the loss (or the re-read count).
     pub events_lost: bool,
+    /// Where its threads were created, busiest first (at most [`TOP_SITES`]).
+    pub creator_sites: Vec<CreatorSite>,
+    /// Creations of its threads whose creator stack was recorded.
+    pub creation_stacks: u64,
+    /// Not every creation had its stack recorded (the per-process stack budget): the site
+    /// counts come from samples; `threads_created` is still exact.
+    pub stacks_sampled: bool,
+    /// For a process created during the trace: the site (in its parent) that created it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
 }
 
 impl ProcessSummary {
@@ -120,6 +135,8 @@ struct Process {
     /// `threads_peak` at the last sample: what a loss rolls back to (the peak since may count
     /// threads whose exits were lost).
     peak_checkpoint: u32,
+    /// Thread creations per site (sampled: only those whose stack was recorded).
+    site_births: HashMap<u32, u64>,
     /// Set when a task exit said no other task of the group is live: the process ends when
     /// its last known thread has exited, or (exits lost) at the first sample after
     /// [`DYING_GRACE_NS`].
@@ -200,6 +217,8 @@ pub struct Model {
     finished_base: u64,
     max_finished: usize,
     pub finished_dropped: u64,
+    /// Creator stacks seen, interned.
+    pub sites: sites::Sites,
     /// Paths and jobs of the cgroups kept processes are in.
     cgroups: HashMap<CgroupKey, (String, JobInfo)>,
     /// mm_id → pid, learned from rss_stat events in the owning process.
@@ -225,6 +244,7 @@ impl Model {
             max_finished,
             finished_dropped: 0,
             cgroups: HashMap::new(),
+            sites: sites::Sites::default(),
             mm_owner: HashMap::new(),
             host: HostCounters::default(),
             job_peaks: HashMap::new(),
@@ -320,6 +340,7 @@ impl Model {
     }
 
     fn finish(&mut self, mut p: Process, ts: u64) {
+        p.sum.creator_sites = self.creator_sites(&p);
         if self.track_ended {
             self.ended.push(p.sum.pid);
         }
@@ -581,6 +602,8 @@ impl Model {
                     s.munmap_bytes += e.munmap_bytes;
                 }
             }
+            // Creator stacks reach the model unwound, as collector records.
+            Event::Stack(_) => {}
             Event::Oom(e) => {
                 self.host.oom_kills += 1;
                 if let Some(p) = self.procs.get_mut(&e.victim_pid) {
@@ -707,7 +730,13 @@ impl Model {
 
     /// Summaries of the live processes only (the live view; no exited ones copied).
     pub fn live_summaries(&self) -> Vec<ProcessSummary> {
-        self.procs.values().map(|p| self.named(&p.sum)).collect()
+        self.procs
+            .values()
+            .map(|p| ProcessSummary {
+                creator_sites: self.creator_sites(p),
+                ..self.named(&p.sum)
+            })
+            .collect()
     }
 
     fn named(&self, s: &ProcessSummary) -> ProcessSummary {
@@ -724,7 +753,81 @@ impl Model {
                         .map(|c| c.0.clone())
                 })
                 .flatten(),
+            stacks_sampled: s.creation_stacks < s.threads_created,
             ..s.clone()
+        }
+    }
+
+    /// The busiest creating sites of a live process, with how many of their threads live and
+    /// are parked.
+    fn creator_sites(&self, p: &Process) -> Vec<CreatorSite> {
+        let mut alive: HashMap<u32, (u64, u64)> = HashMap::new();
+        for t in p.threads.values() {
+            if let Some(site) = t.site {
+                let e = alive.entry(site).or_default();
+                e.0 += 1;
+                e.1 += u64::from(t.futex_since.is_some());
+            }
+        }
+        let mut v: Vec<CreatorSite> = p
+            .site_births
+            .iter()
+            .map(|(&site, &n)| {
+                let (alive, parked) = alive.get(&site).copied().unwrap_or_default();
+                CreatorSite {
+                    site: self.sites.label(site),
+                    frames: self.sites.frames(site),
+                    threads: n,
+                    alive,
+                    parked,
+                }
+            })
+            .collect();
+        v.sort_by(|a, b| b.threads.cmp(&a.threads).then_with(|| a.site.cmp(&b.site)));
+        v.truncate(TOP_SITES);
+        v
+    }
+
+    /// A creator's stack, unwound (after the creation itself: the unwinder runs off the
+    /// drain). Thread creations count at their site; a new process learns where it was made.
+    pub fn apply_stack(&mut self, r: &StackRecord) {
+        if r.frames.is_empty() {
+            return;
+        }
+        let site = self.sites.intern(&r.frames);
+        if r.tid != r.pid
+            && let Some(child) = self.procs.get_mut(&r.tid)
+            && child.sum.first_seen_ns >= r.ts_ns
+        {
+            child.sum.created_at = Some(self.sites.label(site));
+            return;
+        }
+        if let Some(p) = self.procs.get_mut(&r.pid)
+            && p.sum.first_seen_ns <= r.ts_ns
+        {
+            p.sum.creation_stacks += 1;
+            *p.site_births.entry(site).or_default() += 1;
+            if let Some(t) = p.threads.get_mut(&r.tid) {
+                t.site = Some(site);
+            }
+            return;
+        }
+        // The process ended before its stack was unwound.
+        let label = self.sites.label(site);
+        let frames = self.sites.frames(site);
+        if let Some(s) = self.summary_for_late(r.pid, r.ts_ns) {
+            s.creation_stacks += 1;
+            let full = s.creator_sites.len() >= TOP_SITES;
+            match s.creator_sites.iter_mut().find(|c| c.site == label) {
+                Some(c) => c.threads += 1,
+                None if !full => s.creator_sites.push(CreatorSite {
+                    site: label,
+                    frames,
+                    threads: 1,
+                    ..Default::default()
+                }),
+                None => {}
+            }
         }
     }
 

@@ -22,6 +22,13 @@ pub struct Thread {
     /// Its names over its life, oldest first: the first one and the latest
     /// [`MAX_NAMES`] - 1 (the ones between are dropped).
     pub names: Vec<String>,
+    /// Where it was created (a site id of `model::sites`), when its creator's stack was
+    /// recorded.
+    pub site: Option<u32>,
+    /// Parked in futex, or waiting in poll/select/epoll, since then (CLOCK_MONOTONIC ns), at
+    /// the last sample.
+    pub futex_since: Option<u64>,
+    pub poll_since: Option<u64>,
 }
 
 impl Thread {

@@ -66,6 +66,9 @@ pub struct LoadConfig {
     pub ring_bytes: u32,
     /// Use the raw-tracepoint syscall hooks even where BTF ones load.
     pub raw_syscall_hooks: bool,
+    /// Creator stacks copied per process per second per CPU (0: none), and the burst allowed.
+    pub stacks_per_sec: u32,
+    pub stack_burst: u32,
 }
 
 impl Default for LoadConfig {
@@ -76,6 +79,8 @@ impl Default for LoadConfig {
             filter: false,
             ring_bytes: m::EVENTS_BYTES,
             raw_syscall_hooks: false,
+            stacks_per_sec: 20,
+            stack_burst: 200,
         }
     }
 }
@@ -119,6 +124,12 @@ impl Probes {
         let self_tgid = std::process::id();
         let filter = cfg.filter as u32;
         let offsets = KernelOffsets::from_btf();
+        let (stack_period, stack_burst) = if cfg.stacks_per_sec == 0 || offsets.task_stack == 0 {
+            (0u64, 0u64)
+        } else {
+            let period = 1_000_000_000 / u64::from(cfg.stacks_per_sec);
+            (period, period * u64::from(cfg.stack_burst.max(1)))
+        };
         let slots_len = super::wait_slots_len(pid_max());
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::MIN_WAIT_NS, &cfg.min_wait_ns, true)
@@ -142,6 +153,14 @@ impl Probes {
             .override_global(globals::CSS_CGROUP_OFF, &offsets.css_cgroup, true)
             .override_global(globals::CGROUP_KN_OFF, &offsets.cgroup_kn, true)
             .override_global(globals::KN_ID_OFF, &offsets.kn_id, true)
+            .override_global(globals::STACK_PERIOD_NS, &stack_period, true)
+            .override_global(globals::STACK_BURST_NS, &stack_burst, true)
+            .override_global(globals::TASK_STACK_OFF, &offsets.task_stack, true)
+            .override_global(globals::PT_REGS_TOP_OFF, &offsets.pt_regs_top, true)
+            .override_global(globals::PT_REGS_IP_OFF, &offsets.pt_regs_ip, true)
+            .override_global(globals::PT_REGS_SP_OFF, &offsets.pt_regs_sp, true)
+            .override_global(globals::PT_REGS_BP_OFF, &offsets.pt_regs_bp, true)
+            .override_global(globals::PT_REGS_CS_OFF, &offsets.pt_regs_cs, true)
             .map_max_entries(m::EVENTS, cfg.ring_bytes)
             .map_max_entries(m::WAIT_SLOTS, slots_len)
             .load(OBJECT)
@@ -335,7 +354,18 @@ struct KernelOffsets {
     css_cgroup: u64,
     cgroup_kn: u64,
     kn_id: u64,
+    /// `task_struct.stack`; `THREAD_SIZE - sizeof(pt_regs)`; `pt_regs` members.
+    task_stack: u64,
+    pt_regs_top: u64,
+    pt_regs_ip: u64,
+    pt_regs_sp: u64,
+    pt_regs_bp: u64,
+    pt_regs_cs: u64,
 }
+
+/// x86_64's kernel stack size without KASAN (Debian's kernels): the user registers sit at its
+/// top. The program checks the saved `cs` is a user one before trusting them.
+const THREAD_SIZE: u64 = 16 << 10;
 
 impl KernelOffsets {
     fn from_btf() -> Self {
@@ -372,6 +402,37 @@ impl KernelOffsets {
             ..Self::default()
         }
         .with_memcg(&btf)
+        .with_user_regs(&btf)
+    }
+
+    /// Where the creator's user registers are, for creator stacks (all or nothing).
+    fn with_user_regs(mut self, btf: &super::btf::KernelBtf) -> Self {
+        let regs = || -> Option<[u64; 6]> {
+            let size = u64::from(btf.struct_size("pt_regs")?);
+            Some([
+                btf.member_offset("task_struct", "stack")?.into(),
+                THREAD_SIZE.checked_sub(size)?,
+                btf.member_offset("pt_regs", "ip")?.into(),
+                btf.member_offset("pt_regs", "sp")?.into(),
+                btf.member_offset("pt_regs", "bp")?.into(),
+                btf.member_offset("pt_regs", "cs")?.into(),
+            ])
+        };
+        match regs() {
+            Some([stack, top, ip, sp, bp, cs]) => {
+                (self.task_stack, self.pt_regs_top) = (stack, top);
+                (
+                    self.pt_regs_ip,
+                    self.pt_regs_sp,
+                    self.pt_regs_bp,
+                    self.pt_regs_cs,
+                ) = (ip, sp, bp, cs);
+            }
+            None => tracing::warn!(
+                "this kernel's BTF lacks task_struct.stack or pt_regs: no creator stacks"
+            ),
+        }
+        self
     }
 
     /// The path from a task to its memory cgroup's id, when memory is on cgroup v1 (on v2 the

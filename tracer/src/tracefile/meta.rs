@@ -35,6 +35,9 @@ pub enum Meta {
         pid: u32,
         tids: Vec<u32>,
     },
+    /// The creator's stack at a thread or process creation, unwound and symbolized while the
+    /// process was alive (the raw stack the kernel copied is not kept).
+    Stack(StackRecord),
     /// Cumulative kernel counters (per-CPU sums), by name.
     Stats {
         ts_ns: u64,
@@ -110,4 +113,56 @@ pub struct WaitAggregate {
     pub futex_oldest_ns: u64,
     pub poll_waiting: u32,
     pub poll_oldest_ns: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StackRecord {
+    /// When the creation happened (the kernel's time of the stack copy).
+    pub ts_ns: u64,
+    /// The creating process and thread.
+    pub pid: u32,
+    pub creator_tid: u32,
+    /// The new thread (or process).
+    pub tid: u32,
+    /// Innermost first.
+    pub frames: Vec<StackFrame>,
+    /// Why the stack could not be unwound or read, when it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One frame: where it is in which file (enough to symbolize offline on another machine with
+/// the same build id), and what the symbolizer found while the process lived.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub struct StackFrame {
+    /// The file's path in the process's mount namespace, or `[unknown]` (anonymous memory).
+    pub module: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
+    /// Offset in the file (the address itself for `[unknown]`).
+    pub file_offset: u64,
+    /// The function, when the binary exports a symbol for the address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symbol: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+}
+
+impl StackFrame {
+    /// `function (module+0xoffset) file:line`, or `module+0xoffset` without a symbol.
+    /// Untrusted text: escape it for a terminal.
+    pub fn display(&self) -> String {
+        let module = self.module.rsplit('/').next().unwrap_or(&self.module);
+        let place = format!("{module}+{:#x}", self.file_offset);
+        let mut s = match &self.symbol {
+            Some(sym) => format!("{sym} ({place})"),
+            None => place,
+        };
+        if let (Some(f), Some(l)) = (&self.file, self.line) {
+            s += &format!(" {f}:{l}");
+        }
+        s
+    }
 }

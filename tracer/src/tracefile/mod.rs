@@ -17,7 +17,7 @@ mod meta;
 mod read;
 mod write;
 
-pub use meta::{Meta, ProbeStatus, ProcessSeed, StartInfo, WaitAggregate};
+pub use meta::{Meta, ProbeStatus, ProcessSeed, StackFrame, StackRecord, StartInfo, WaitAggregate};
 pub use read::{ReadError, Record, TraceReader};
 pub use write::TraceWriter;
 

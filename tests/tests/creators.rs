@@ -1,0 +1,171 @@
+//! Who creates threads: the creator's stack at each creation, unwound with `.eh_frame`
+//! through binaries without frame pointers (a C spawner built at -O2, Debian's stripped
+//! CPython and Ruby), symbolized, and counted per site.
+
+mod common;
+
+use common::*;
+use tracer::model::{CreatorSite, ProcessSummary};
+
+fn the_process<'a>(t: &'a Traced, exe_suffix: &str) -> &'a ProcessSummary {
+    let all: Vec<_> = t
+        .report
+        .processes
+        .iter()
+        .filter(|p| p.exe.as_deref().is_some_and(|e| e.ends_with(exe_suffix)))
+        .collect();
+    assert_eq!(all.len(), 1, "one {exe_suffix} process: {all:#?}");
+    all[0]
+}
+
+fn only_site(p: &ProcessSummary) -> &CreatorSite {
+    assert_eq!(p.creator_sites.len(), 1, "{:#?}", p.creator_sites);
+    &p.creator_sites[0]
+}
+
+fn interpreter(path: &str) -> &str {
+    assert!(
+        std::path::Path::new(path).is_file(),
+        "{path} is missing: this test runs Debian's interpreter (`cargo xtask setup` installs it)"
+    );
+    path
+}
+
+#[test]
+fn a_c_spawner_without_frame_pointers_is_named_as_the_site_with_the_exact_count() {
+    let t = record(&[], &[env!("SPAWNER_BIN"), "40", "200"]);
+    assert_eq!(t.status, 0, "{}", t.stderr());
+    let p = the_process(&t, "/spawner");
+    assert_eq!(p.threads_created, 40);
+    assert_eq!(
+        p.creation_stacks, 40,
+        "every creation's stack, within the budget"
+    );
+    assert!(!p.stacks_sampled);
+    let s = only_site(p);
+    assert_eq!(s.threads, 40);
+    assert!(
+        s.site.starts_with("tracer_test_spawn_site_q7 (spawner+0x"),
+        "the site is the spawning function: {s:#?}"
+    );
+    // Unwound through glibc (clone3 → pthread_create; their names come from libc's dynamic
+    // symbols, or its debug info where libc6-dbg is installed) to the site and on to main.
+    let at = |name: &str| s.frames.iter().position(|f| f.contains(name));
+    assert!(s.frames[0].contains("libc.so.6+0x"), "{:#?}", s.frames);
+    let (create, site, main) = (
+        at("pthread_create"),
+        at("tracer_test_spawn_site_q7"),
+        s.frames
+            .iter()
+            .position(|f| f.starts_with("main (spawner+")),
+    );
+    assert!(
+        create.is_some() && create < site && site < main,
+        "{:#?}",
+        s.frames
+    );
+    let text = String::from_utf8_lossy(&run_report(&t.path, &[]).stdout).into_owned();
+    assert!(text.contains("tracer_test_spawn_site_q7"), "{text}");
+}
+
+#[test]
+fn cpython_threads_are_unwound_through_the_interpreter() {
+    let py = interpreter("/usr/bin/python3.11");
+    let code = "import threading, time\n\
+                ts = [threading.Thread(target=time.sleep, args=(0.1,)) for _ in range(12)]\n\
+                [t.start() for t in ts]\n\
+                [t.join() for t in ts]\n";
+    let t = record(&[], &[py, "-I", "-S", "-c", code]);
+    assert_eq!(t.status, 0, "{}", t.stderr());
+    let p = the_process(&t, "/python3.11");
+    assert_eq!(p.threads_created, 12);
+    let s = only_site(p);
+    assert_eq!(s.threads, 12);
+    assert!(
+        s.site
+            .starts_with("PyThread_start_new_thread (python3.11+0x"),
+        "{s:#?}"
+    );
+    // Past the thread module, through the eval loop: exported symbols by name, the rest as
+    // module+offset.
+    let frames = &s.frames;
+    assert!(
+        frames
+            .iter()
+            .any(|f| f.starts_with("_PyEval_EvalFrameDefault (python3.11+"))
+    );
+    assert!(
+        frames.iter().any(|f| f.starts_with("python3.11+0x")),
+        "static functions show as module+offset: {frames:#?}"
+    );
+}
+
+#[test]
+fn ruby_threads_are_unwound_through_the_interpreter() {
+    let ruby = interpreter("/usr/bin/ruby");
+    let t = record(
+        &[],
+        &[
+            ruby,
+            "--disable-gems",
+            "-e",
+            "12.times.map { Thread.new { sleep 0.1 } }.each(&:join)",
+        ],
+    );
+    assert_eq!(t.status, 0, "{}", t.stderr());
+    let p = t
+        .report
+        .processes
+        .iter()
+        .find(|p| p.threads_created > 0 && p.comm.starts_with("ruby"))
+        .expect("the ruby process");
+    // Ruby 3.1 starts its timer thread with the first Thread.new.
+    let s = p
+        .creator_sites
+        .iter()
+        .find(|s| s.threads == 12)
+        .unwrap_or_else(|| panic!("a site with the 12 threads: {:#?}", p.creator_sites));
+    assert!(s.site.contains("libruby"), "{s:#?}");
+    assert!(
+        s.frames
+            .iter()
+            .any(|f| f.starts_with("rb_vm_exec (libruby")),
+        "unwound through the VM: {:#?}",
+        s.frames
+    );
+    assert_eq!(
+        p.creator_sites.iter().map(|s| s.threads).sum::<u64>(),
+        p.threads_created
+    );
+}
+
+#[test]
+fn past_its_budget_a_process_s_sites_are_sampled_and_its_count_stays_exact() {
+    let t = record(
+        &["--stacks-per-sec", "1", "--stack-burst", "5"],
+        &[env!("SPAWNER_BIN"), "60", "50"],
+    );
+    assert_eq!(t.status, 0, "{}", t.stderr());
+    let p = the_process(&t, "/spawner");
+    assert_eq!(p.threads_created, 60, "creation counts are exact");
+    // 5 per CPU of burst, and about one a second after.
+    assert!(
+        (5..=15).contains(&p.creation_stacks),
+        "stacks within the budget: {}",
+        p.creation_stacks
+    );
+    assert!(p.stacks_sampled);
+    assert_eq!(only_site(p).threads, p.creation_stacks);
+    let skipped = t.report.kernel_counters["stacks_skipped"];
+    assert_eq!(
+        skipped + p.creation_stacks,
+        60,
+        "{:?}",
+        t.report.kernel_counters
+    );
+    let text = String::from_utf8_lossy(&run_report(&t.path, &[]).stdout).into_owned();
+    assert!(
+        text.contains("sampled"),
+        "the report says the counts are sampled:\n{text}"
+    );
+}
