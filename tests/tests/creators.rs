@@ -169,3 +169,53 @@ fn past_its_budget_a_process_s_sites_are_sampled_and_its_count_stays_exact() {
         "the report says the counts are sampled:\n{text}"
     );
 }
+
+#[test]
+fn the_census_names_long_parked_threads_and_their_site() {
+    // 30 threads parked 4 s; the recording stops at 2.5 s, with parks over 1 s "long".
+    let t = record(&["-d", "2.5"], &[env!("SPAWNER_BIN"), "30", "4000"]);
+    let p = the_process(&t, "/spawner");
+    assert_eq!((p.threads_created, p.threads_live), (30, 31), "{p:#?}");
+    let s = only_site(p);
+    assert_eq!((s.threads, s.alive, s.parked), (30, 30, 30), "{s:#?}");
+    let r = tracer::report::build_with(
+        std::io::BufReader::new(std::fs::File::open(&t.path).unwrap()),
+        1_000_000_000,
+    )
+    .unwrap();
+    let p = r.processes.iter().find(|q| q.pid == p.pid).unwrap();
+    // The 30 workers, and the main thread parked in pthread_join.
+    assert_eq!(p.long_parked_count, 31, "{p:#?}");
+    assert!(p.long_parked_min_ns.is_some_and(|n| n >= 1_000_000_000));
+    assert!(
+        p.long_parked_site
+            .as_deref()
+            .is_some_and(|s| s.starts_with("tracer_test_spawn_site_q7")),
+        "{p:#?}"
+    );
+    assert_eq!(p.long_parked.len(), 20, "listed up to the cap");
+    assert!(p.long_parked.iter().all(|w| w.for_ns >= 1_000_000_000));
+    assert_eq!(
+        p.long_parked.iter().filter(|w| w.site.is_some()).count(),
+        19
+    );
+    assert!(
+        p.park_histogram.is_empty(),
+        "no park completed while traced"
+    );
+    let j = r.jobs.iter().find(|j| j.job == p.job).unwrap();
+    assert_eq!(j.long_parked_count, 31);
+    assert_eq!(j.creator_sites[0].parked, 30);
+    let text = String::from_utf8_lossy(&run_report(&t.path, &["--long-park-secs", "1"]).stdout)
+        .into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.contains("threads parked in futex"))
+        .unwrap_or_else(|| panic!("the census line:\n{text}"));
+    assert!(
+        line.contains("31 of 31 threads parked in futex > ")
+            && line.contains("created by tracer_test_spawn_site_q7")
+            && line.ends_with("; 0 waiting in ppoll/select/epoll"),
+        "{line}"
+    );
+}

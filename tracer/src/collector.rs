@@ -26,6 +26,7 @@ use crate::{
     seed,
     stacks::{StackJob, Stacks},
     tracefile::{Meta, StartInfo, TraceWriter},
+    waits::WaitTracker,
 };
 
 /// How often the ring buffer is drained when no wakeup comes.
@@ -133,6 +134,7 @@ struct Session {
     mounts: Mounts,
     resolver: Resolver,
     stacks: Stacks,
+    waits: WaitTracker,
     sink: Sink,
     min_wait_ns: u64,
     last_stats: Option<crate::probes::KernelStats>,
@@ -278,10 +280,12 @@ impl Session {
             self.reconcile(now)?;
         }
         let waiting = self.probes.waiting(self.model().live_tids());
-        let waits = wait_snapshot(waiting.into_iter(), now, self.min_wait_ns);
+        let (waits, blocked) = wait_snapshot(waiting.into_iter(), now, self.min_wait_ns);
+        let changes = self.waits.changes(blocked);
         self.record(Meta::Waits {
             ts_ns: now,
             processes: waits,
+            changes,
         })?;
         // Ended processes leave the kernel's filter (drained every sample: bounded).
         for pid in self.engine.model.take_ended() {
@@ -530,6 +534,7 @@ pub async fn run(
         ))
         .context("starting the cgroup resolver thread")?,
         stacks: Stacks::start().context("starting the stack unwinder thread")?,
+        waits: WaitTracker::default(),
         sink,
         min_wait_ns: cfg.min_wait_ns,
         last_stats: None,

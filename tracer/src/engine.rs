@@ -76,6 +76,7 @@ impl Engine {
         match meta {
             Meta::Start(s) => {
                 self.model.min_wait_ns = s.min_wait_ns;
+                self.model.start_ns = s.start_ns;
                 self.last_ts = self.last_ts.max(s.start_ns);
                 self.start = Some(s.clone());
             }
@@ -97,9 +98,14 @@ impl Engine {
                 job.as_deref().cloned(),
             ),
             Meta::Threads { ts_ns, pid, tids } => self.model.reconcile(*pid, tids, *ts_ns),
-            Meta::Waits { ts_ns, processes } => {
+            Meta::Waits {
+                ts_ns,
+                processes,
+                changes,
+            } => {
                 self.last_ts = self.last_ts.max(*ts_ns);
                 self.model.apply_waits(*ts_ns, processes);
+                self.model.apply_wait_changes(changes);
                 // Once per sample: forget what only gone processes referred to.
                 self.model.compact();
             }

@@ -16,3 +16,4 @@ pub mod report;
 pub mod seed;
 pub mod stacks;
 pub mod tracefile;
+pub mod waits;

@@ -106,6 +106,9 @@ enum Cmd {
         /// Show every process with activity, not only the top 40.
         #[arg(long)]
         all: bool,
+        /// Futex parks at least this long are listed as long.
+        #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+        long_park_secs: f64,
     },
 }
 
@@ -240,11 +243,18 @@ fn run() -> anyhow::Result<ExitCode> {
                 None => ExitCode::SUCCESS,
             })
         }
-        Cmd::Report { file, format, all } => {
+        Cmd::Report {
+            file,
+            format,
+            all,
+            long_park_secs,
+        } => {
+            let long = secs(Some(long_park_secs), "--long-park-secs")?.unwrap_or_default();
             let f = File::open(&file)
                 .with_context(|| format!("cannot open trace file {}", file.display()))?;
-            let r = report::build(BufReader::with_capacity(1 << 20, f))
-                .with_context(|| format!("reading trace file {}", file.display()))?;
+            let r =
+                report::build_with(BufReader::with_capacity(1 << 20, f), long.as_nanos() as u64)
+                    .with_context(|| format!("reading trace file {}", file.display()))?;
             if let Some(t) = &r.truncated {
                 eprintln!("tracer: warning: {}: {t}", file.display());
             }

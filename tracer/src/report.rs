@@ -40,6 +40,8 @@ pub struct Report {
     pub probes: Vec<ProbeStatus>,
     pub host: HostCounters,
     pub processes_dropped: u64,
+    /// Parks at least this long count as long (`long_parked*` of each process).
+    pub long_park_threshold_ns: u64,
     pub processes: Vec<ProcessSummary>,
     /// The processes above, added up per job.
     pub jobs: Vec<JobSummary>,
@@ -56,8 +58,14 @@ pub enum ReportError {
 /// Reads a whole trace file into a [`Report`], through the same engine the live collector
 /// feeds.
 pub fn build<R: Read>(input: R) -> Result<Report, ReportError> {
+    build_with(input, crate::model::census::LONG_PARK_NS)
+}
+
+/// [`build`], with parks of at least `long_park_ns` listed as long.
+pub fn build_with<R: Read>(input: R, long_park_ns: u64) -> Result<Report, ReportError> {
     let mut reader = TraceReader::new(input)?;
     let mut engine = Engine::new();
+    engine.model.long_park_ns = long_park_ns;
     while let Some(rec) = reader.next_record()? {
         match rec {
             // Counted by the engine (`host.undecodable`).
@@ -106,6 +114,7 @@ pub fn from_engine(
         probes: start.probes.clone(),
         host: model.host.clone(),
         processes_dropped: model.finished_dropped,
+        long_park_threshold_ns: model.long_park_ns,
         processes,
     })
 }
@@ -194,8 +203,39 @@ pub fn render_text(r: &Report, limit: usize) -> String {
         }
     );
     o.push_str(&render_table(&rows, limit));
+    o.push_str(&render_waits(&rows, limit));
     o.push_str(&render_creators(&rows, limit));
     o.push_str(&render_jobs(r, limit));
+    o
+}
+
+/// The park census in one line per process: how many threads have been parked long, where
+/// they came from, and how many wait in poll-family calls.
+pub fn render_waits(rows: &[&ProcessSummary], limit: usize) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let mut with: Vec<&&ProcessSummary> = rows.iter().filter(|p| p.long_parked_count > 0).collect();
+    with.sort_by_key(|p| std::cmp::Reverse(p.long_parked_count));
+    if with.is_empty() {
+        return o;
+    }
+    let _ = writeln!(o, "\nlong parks (at the last sample)");
+    for p in with.into_iter().take(limit) {
+        let _ = writeln!(
+            o,
+            "{:>8} {}: {} of {} threads parked in futex > {} s, created by {}; {} waiting in \
+             ppoll/select/epoll",
+            p.pid,
+            escape::term_cut(&p.comm, 16),
+            p.long_parked_count,
+            p.threads_live,
+            p.long_parked_min_ns.unwrap_or(0) / 1_000_000_000,
+            p.long_parked_site
+                .as_deref()
+                .map_or_else(|| "an unrecorded site".to_owned(), escape::term),
+            p.poll_waiting_now
+        );
+    }
     o
 }
 

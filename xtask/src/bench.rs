@@ -31,6 +31,12 @@ tracepoint:task:task_newtask { @births[pid] = count(); }
 tracepoint:sched:sched_process_exit { @deaths[pid] = count(); }
 "#;
 
+/// The peer for creator stacks: the peer above, plus the user stack of every creation
+/// (`@[ustack] = count()` on `task_newtask`: a frame-pointer walk in the kernel).
+fn bpftrace_ustack_script() -> String {
+    format!("{BPFTRACE_SCRIPT}tracepoint:task:task_newtask {{ @stacks[ustack] = count(); }}\n")
+}
+
 /// The floor every syscall tracer pays: one syscall tracepoint that never fires here (`acct`)
 /// still puts every task on the host on the syscall slow path (TIF_SYSCALL_TRACEPOINT).
 const FLOOR_SCRIPT: &str = "tracepoint:syscalls:sys_enter_acct { @n = count(); }\n";
@@ -50,6 +56,7 @@ pub fn run(root: &Path, iters: u64, threads: usize) -> anyhow::Result<()> {
     std::fs::create_dir_all(&p.tmp)?;
     let result = (|| {
         per_call(&p, iters)?;
+        thread_stacks(&p, (iters / 100).max(100))?;
         server(&p)?;
         throughput(&p, iters)?;
         collector_rss(&p, threads)
@@ -263,6 +270,43 @@ fn per_call(p: &Paths, iters: u64) -> anyhow::Result<()> {
          each mode's fastest run; target <= 0.30.\n floor = what any syscall tracepoint costs \
          (bpftrace on sys_enter_acct, which never fires: the syscall slow path for every task); \
          above floor = the ratio of what each tool adds beyond it)"
+    );
+    Ok(())
+}
+
+/// Thread create+join with creator stacks: the tracer with stacks on (the default budget) and
+/// off, against the bpftrace peer that also takes every creation's user stack.
+fn thread_stacks(p: &Paths, n: u64) -> anyhow::Result<()> {
+    const ROUNDS: usize = 5;
+    let names = ["untraced", "tracer", "tracer, no stacks", "bpftrace+ustack"];
+    let mut samples: [Vec<f64>; 4] = Default::default();
+    let peer = bpftrace_ustack_script();
+    for round in 0..ROUNDS {
+        eprintln!("bench: thread-stacks round {}/{ROUNDS}", round + 1);
+        samples[0].push(loop_cpu_ns(p, "thread", n)?);
+        for (mode, extra) in [(1, &[][..]), (2, &["--stacks-per-sec", "0"][..])] {
+            let t = Tracing::tracer(p, &p.tmp.join("stacks.trc"), extra)?;
+            samples[mode].push(loop_cpu_ns(p, "thread", n)?);
+            t.stop()?;
+        }
+        {
+            let _t = Tracing::bpftrace(p, &peer)?;
+            samples[3].push(loop_cpu_ns(p, "thread", n)?);
+        }
+        samples[0].push(loop_cpu_ns(p, "thread", n)?);
+    }
+    let m: Vec<f64> = samples.iter().map(|v| median(v.clone())).collect();
+    println!(
+        "\n## Thread create+join with creator stacks (CPU ns per thread, median of {ROUNDS} rounds)"
+    );
+    for (i, name) in names.iter().enumerate() {
+        println!("{name:<20} {:>10.1} (+{:.1})", m[i], m[i] - m[0]);
+    }
+    let ratio = (m[1] - m[0]) / (m[3] - m[0]);
+    println!(
+        "tracer's added cost / bpftrace+ustack's = {ratio:.2} (target <= 0.7; the tracer copies \
+         8 KiB of stack per creation within a per-process budget and unwinds in userspace, \
+         bpftrace walks frame pointers in the kernel for every creation)"
     );
     Ok(())
 }

@@ -4,7 +4,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use super::{Model, ProcessSummary};
+use super::{
+    CreatorSite, Model, ProcessSummary, TOP_SITES,
+    series::{Point, Series, kib},
+};
 use crate::cgroups::JobInfo;
 
 /// At most this many pids are listed per job (the counts cover all of them).
@@ -35,6 +38,15 @@ pub struct JobSummary {
     pub oom_kills: u64,
     /// Some of its processes' events were lost: counts are lower bounds.
     pub events_lost: bool,
+    /// Its memory and live threads over time (see `model::series`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub series: Option<Series>,
+    /// Threads parked in futex longer than the long-park threshold, over its live processes.
+    pub long_parked_count: u64,
+    /// Its processes' creating sites added up by site, busiest first (at most
+    /// `model::TOP_SITES`); `stacks_sampled` as for a process.
+    pub creator_sites: Vec<CreatorSite>,
+    pub stacks_sampled: bool,
 }
 
 /// The highest totals of a job seen at a sample.
@@ -48,7 +60,7 @@ pub struct JobPeaks {
 impl Model {
     /// Totals per job of the live processes now: updates each job's peaks. Called at every
     /// sample, after the wait snapshot.
-    pub(super) fn sample_jobs(&mut self) {
+    pub(super) fn sample_jobs(&mut self, ts: u64) {
         let mut now: HashMap<String, JobPeaks> = HashMap::new();
         for p in self.procs.values() {
             let name = self.job_of(p.sum.cgroup_id, p.sum.memcg_id).name();
@@ -63,6 +75,54 @@ impl Model {
             peak.futex_parked = peak.futex_parked.max(t.futex_parked);
             peak.rss = peak.rss.max(t.rss);
         }
+        self.sample_series(ts);
+    }
+
+    /// A point of each active process's and each job's series, when one is due.
+    fn sample_series(&mut self, ts: u64) {
+        let (fine, coarse) = self.series.due(ts);
+        if !(fine || coarse) {
+            return;
+        }
+        let t_s = (ts.saturating_sub(self.start_ns) / 1_000_000_000) as u32;
+        let mut jobs: HashMap<String, Point> = HashMap::new();
+        let mut points = Vec::new();
+        for p in self.procs.values() {
+            if !p.sum.active() {
+                continue;
+            }
+            let s = &p.sum;
+            let mapped = (s.mmap_bytes + s.mremap_grow_bytes)
+                .saturating_sub(s.munmap_bytes + s.mremap_shrink_bytes);
+            let heap = match (p.brk, p.brk_start) {
+                (Some(b), Some(start)) => b.saturating_sub(start),
+                _ => 0,
+            };
+            let pt = Point {
+                t_s,
+                rss_kib: kib(s.rss_bytes),
+                mapped_kib: kib(mapped),
+                heap_kib: kib(heap),
+                threads: s.threads_live,
+            };
+            points.push(((s.pid, s.first_seen_ns), pt));
+            let j = jobs
+                .entry(self.job_of(s.cgroup_id, s.memcg_id).name())
+                .or_insert(Point {
+                    t_s,
+                    ..Default::default()
+                });
+            j.rss_kib = j.rss_kib.saturating_add(pt.rss_kib);
+            j.mapped_kib = j.mapped_kib.saturating_add(pt.mapped_kib);
+            j.heap_kib = j.heap_kib.saturating_add(pt.heap_kib);
+            j.threads = j.threads.saturating_add(pt.threads);
+        }
+        for (key, pt) in points {
+            self.series.add_proc(key, pt, fine, coarse);
+        }
+        for (job, pt) in jobs {
+            self.series.add_job(&job, pt, fine, coarse);
+        }
     }
 
     /// Forgets the peaks of jobs no kept process is in (at compaction).
@@ -75,6 +135,7 @@ impl Model {
             .map(|s| self.job_of(s.cgroup_id, s.memcg_id).name())
             .collect();
         self.job_peaks.retain(|name, _| in_use.contains(name));
+        self.series.retain_jobs(&in_use);
     }
 
     /// One summary per job of the processes in `summaries`, by name.
@@ -103,9 +164,25 @@ impl Model {
             j.rss_peak_bytes = j.rss_peak_bytes.max(s.rss_peak_bytes);
             j.oom_kills += u64::from(s.oom_killed);
             j.events_lost |= s.events_lost;
+            j.long_parked_count += s.long_parked_count;
+            j.stacks_sampled |= s.stacks_sampled;
+            for c in &s.creator_sites {
+                match j.creator_sites.iter_mut().find(|x| x.site == c.site) {
+                    Some(x) => {
+                        x.threads += c.threads;
+                        x.alive += c.alive;
+                        x.parked += c.parked;
+                    }
+                    None => j.creator_sites.push(c.clone()),
+                }
+            }
         }
         by.into_values()
             .map(|mut j| {
+                j.creator_sites
+                    .sort_by(|a, b| b.threads.cmp(&a.threads).then_with(|| a.site.cmp(&b.site)));
+                j.creator_sites.truncate(TOP_SITES);
+                j.series = self.series.jobs.get(&j.job).cloned();
                 if let Some(p) = self.job_peaks.get(&j.job) {
                     j.threads_peak = j.threads_peak.max(p.threads);
                     j.futex_parked_peak = j.futex_parked_peak.max(p.futex_parked);

@@ -7,10 +7,13 @@
 
 use std::collections::{HashMap, VecDeque};
 
+pub mod census;
 pub mod jobs;
+pub mod series;
 pub mod sites;
 pub mod thread;
 
+pub use census::{HistBucket, WaitingThread};
 pub use jobs::JobSummary;
 pub use sites::CreatorSite;
 pub use thread::{Creator, Thread};
@@ -100,6 +103,24 @@ pub struct ProcessSummary {
     /// For a process created during the trace: the site (in its parent) that created it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created_at: Option<String>,
+    /// Threads parked in futex longer than the long-park threshold at the last sample: how
+    /// many, the shortest of those parks, the site most of them came from, and the oldest
+    /// (at most `census::MAX_LISTED`).
+    pub long_parked_count: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub long_parked_min_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub long_parked_site: Option<String>,
+    pub long_parked: Vec<WaitingThread>,
+    /// Threads waiting in poll/select/epoll at the last sample, oldest first (at most
+    /// `census::MAX_LISTED`; `poll_waiting_now` counts all).
+    pub poll_waiters: Vec<WaitingThread>,
+    /// Completed futex parks (those the kernel streamed: at least `--min-wait-ms`) by
+    /// duration, log2 buckets.
+    pub park_histogram: Vec<HistBucket>,
+    /// Its memory and live threads over time, while it had activity (see `series`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub series: Option<series::Series>,
 }
 
 impl ProcessSummary {
@@ -137,6 +158,8 @@ struct Process {
     peak_checkpoint: u32,
     /// Thread creations per site (sampled: only those whose stack was recorded).
     site_births: HashMap<u32, u64>,
+    /// Completed futex parks by log2 duration.
+    park_hist: [u64; census::HIST_BUCKETS],
     /// Set when a task exit said no other task of the group is live: the process ends when
     /// its last known thread has exited, or (exits lost) at the first sample after
     /// [`DYING_GRACE_NS`].
@@ -227,6 +250,14 @@ pub struct Model {
     /// Per job name: the highest totals seen at a sample (see `jobs`).
     job_peaks: HashMap<String, jobs::JobPeaks>,
     pub last_ts: u64,
+    /// When tracing started (series times are relative to it).
+    pub start_ns: u64,
+    /// Memory and threads over time, per process and job.
+    pub series: series::SeriesBook,
+    /// The time of the last wait snapshot (the census's "now").
+    pub last_sample_ns: u64,
+    /// Parks at least this long are listed as long (see `census`).
+    pub long_park_ns: u64,
     pub min_wait_ns: u64,
     /// Pids of processes that ended since the last [`Model::take_ended`], when
     /// `track_ended` is set (the live collector's filter: their kernel-side entry goes).
@@ -249,6 +280,10 @@ impl Model {
             host: HostCounters::default(),
             job_peaks: HashMap::new(),
             last_ts: 0,
+            last_sample_ns: 0,
+            start_ns: 0,
+            series: series::SeriesBook::default(),
+            long_park_ns: census::LONG_PARK_NS,
             min_wait_ns: 0,
             ended: Vec::new(),
             track_ended: false,
@@ -340,7 +375,15 @@ impl Model {
     }
 
     fn finish(&mut self, mut p: Process, ts: u64) {
+        self.series.ended((p.sum.pid, p.sum.first_seen_ns));
         p.sum.creator_sites = self.creator_sites(&p);
+        let mut sum = std::mem::take(&mut p.sum);
+        self.census(&p, &mut sum);
+        p.sum = sum;
+        // Nothing is parked in an ended process.
+        p.sum.long_parked_count = 0;
+        p.sum.long_parked.clear();
+        p.sum.poll_waiters.clear();
         if self.track_ended {
             self.ended.push(p.sum.pid);
         }
@@ -529,6 +572,7 @@ impl Model {
                 let d = ts.saturating_sub(e.start_ns);
                 p.sum.futex_waits += 1;
                 p.sum.futex_park_max_ns = p.sum.futex_park_max_ns.max(d);
+                p.park_hist[census::bucket(d)] += 1;
                 // A completed long park proves at least one thread was parked.
                 p.sum.futex_parked_peak = p.sum.futex_parked_peak.max(1);
             }
@@ -687,7 +731,8 @@ impl Model {
                 p.sum.poll_wait_max_ns = p.sum.poll_wait_max_ns.max(d);
             }
         }
-        self.sample_jobs();
+        self.last_sample_ns = self.last_sample_ns.max(ts);
+        self.sample_jobs(ts);
     }
 
     /// Forgets what only gone processes referred to: their mm ids, and the names of cgroups no
@@ -732,9 +777,13 @@ impl Model {
     pub fn live_summaries(&self) -> Vec<ProcessSummary> {
         self.procs
             .values()
-            .map(|p| ProcessSummary {
-                creator_sites: self.creator_sites(p),
-                ..self.named(&p.sum)
+            .map(|p| {
+                let mut s = ProcessSummary {
+                    creator_sites: self.creator_sites(p),
+                    ..self.named(&p.sum)
+                };
+                self.census(p, &mut s);
+                s
             })
             .collect()
     }
@@ -754,6 +803,7 @@ impl Model {
                 })
                 .flatten(),
             stacks_sampled: s.creation_stacks < s.threads_created,
+            series: self.series.procs.get(&(s.pid, s.first_seen_ns)).cloned(),
             ..s.clone()
         }
     }
@@ -1266,5 +1316,69 @@ mod tests {
         assert_eq!((s.futex_parked_peak, s.futex_parked_now), (4, 0));
         assert_eq!(s.futex_park_max_ns, 600);
         assert_eq!(s.poll_wait_max_ns, 100);
+    }
+}
+
+#[cfg(test)]
+mod series_tests {
+    use super::*;
+    use tracer_common::*;
+
+    #[test]
+    fn a_growing_heap_and_thread_count_show_in_the_process_and_job_series() {
+        let mut m = Model::new(10);
+        let hdr = |kind: EventKind, ts| EventHeader {
+            ts_ns: ts,
+            cgroup_id: 5,
+            tgid: 100,
+            tid: 100,
+            kind: kind as u16,
+            cpu: 0,
+            memcg: 0,
+        };
+        let sec = 1_000_000_000u64;
+        m.start_ns = sec;
+        for s in 1..=35u64 {
+            let ts = s * sec;
+            m.apply(&Event::Brk(MemEvent {
+                hdr: hdr(EventKind::Brk, ts),
+                addr: 0x10_0000 + s * 0x10_0000,
+                len: 0,
+                old_len: 0,
+                old_addr: 0x10_0000,
+                ret: 0,
+                prot: 0,
+                flags: 0,
+                fd: -1,
+                _pad: 0,
+            }));
+            m.apply(&Event::NewTask(NewTaskEvent {
+                hdr: hdr(EventKind::NewTask, ts),
+                clone_flags: CLONE_THREAD,
+                child_tid: 1000 + s as u32,
+                child_tgid: 100,
+                comm: [0; 16],
+            }));
+            m.apply_waits(ts, &[]);
+        }
+        let s = m.summaries().into_iter().find(|s| s.pid == 100).unwrap();
+        let series = s.series.expect("a series");
+        let t: Vec<u32> = series.fine.iter().map(|p| p.t_s).collect();
+        assert_eq!(
+            t,
+            [0, 9, 19, 29],
+            "a point every 10 s from the first sample"
+        );
+        let heap: Vec<u32> = series.fine.iter().map(|p| p.heap_kib).collect();
+        assert_eq!(heap, [1024, 10240, 20480, 30720]);
+        let threads: Vec<u32> = series.fine.iter().map(|p| p.threads).collect();
+        assert_eq!(threads, [2, 11, 21, 31]);
+        assert_eq!(series.coarse.len(), 1);
+        let jobs = m.jobs(&m.summaries());
+        let js = jobs[0].series.as_ref().expect("the job's series");
+        assert_eq!(
+            js.fine.iter().map(|p| p.threads).collect::<Vec<_>>(),
+            threads
+        );
     }
 }

@@ -231,8 +231,9 @@ impl Probes {
     }
 
     /// Which of `tids` are in a wait call right now (read in place: no syscall).
-    pub fn waiting(&self, tids: impl Iterator<Item = u32>) -> Vec<WaitSlot> {
-        tids.filter_map(|tid| self.slots.get(tid)).collect()
+    pub fn waiting(&self, tids: impl Iterator<Item = u32>) -> Vec<(u32, WaitSlot)> {
+        tids.filter_map(|tid| Some((tid, self.slots.get(tid)?)))
+            .collect()
     }
 
     /// Emits every CPU's batch of small mappings (see `tracer_common::maps::MEM_ACC`).

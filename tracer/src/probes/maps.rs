@@ -10,7 +10,7 @@ use tracer_common::{
     syscalls,
 };
 
-use crate::tracefile::WaitAggregate;
+use crate::tracefile::{BlockedThread, WaitAggregate};
 
 /// Sums of the per-CPU `STATS` counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -43,16 +43,24 @@ impl KernelStats {
 /// Aggregates blocked threads per process. Threads in a wait call that have not slept in it
 /// (`start_ns` 0) are not parked; waits younger than `min_age_ns` are left out: they are the
 /// short waits the kernel does not stream either.
+/// Also returns each blocked thread.
 pub fn wait_snapshot(
-    entries: impl Iterator<Item = WaitSlot>,
+    entries: impl Iterator<Item = (u32, WaitSlot)>,
     now_ns: u64,
     min_age_ns: u64,
-) -> Vec<WaitAggregate> {
+) -> (Vec<WaitAggregate>, Vec<BlockedThread>) {
     let mut by_pid: HashMap<u32, WaitAggregate> = HashMap::new();
-    for w in entries {
+    let mut threads = Vec::new();
+    for (tid, w) in entries {
         if w.tgid == 0 || w.start_ns == 0 || now_ns.saturating_sub(w.start_ns) < min_age_ns {
             continue;
         }
+        threads.push(BlockedThread {
+            tid,
+            pid: w.tgid,
+            poll: !syscalls::is_futex_family(w.syscall as u32),
+            since_ns: w.start_ns,
+        });
         let agg = by_pid.entry(w.tgid).or_insert_with(|| WaitAggregate {
             pid: w.tgid,
             ..Default::default()
@@ -74,7 +82,8 @@ pub fn wait_snapshot(
     }
     let mut v: Vec<WaitAggregate> = by_pid.into_values().collect();
     v.sort_by_key(|a| a.pid);
-    v
+    threads.sort_by_key(|t| t.tid);
+    (v, threads)
 }
 
 /// The kernel's `WAIT_SLOTS` array, mapped into the collector: reading it costs no syscall.
@@ -192,8 +201,21 @@ mod tests {
             w(0, syscalls::FUTEX, 10), // a free slot
             w(40, syscalls::FUTEX, 0), // in the call, has not slept: not parked
         ];
-        let s = wait_snapshot(entries.into_iter(), 1000, 100);
+        let tids = (100..).zip(entries);
+        let (s, threads) = wait_snapshot(tids, 1000, 100);
         assert_eq!(s.len(), 2);
+        assert_eq!(
+            threads
+                .iter()
+                .map(|t| (t.tid, t.pid, t.poll))
+                .collect::<Vec<_>>(),
+            [
+                (100, 10, false),
+                (101, 10, false),
+                (102, 10, true),
+                (104, 20, true)
+            ]
+        );
         assert_eq!((s[0].futex_parked, s[0].futex_oldest_ns), (2, 50));
         assert_eq!((s[0].poll_waiting, s[0].poll_oldest_ns), (1, 70));
         assert_eq!((s[1].futex_parked, s[1].poll_waiting), (0, 1));

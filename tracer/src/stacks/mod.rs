@@ -57,6 +57,7 @@ impl StackWork {
             pid: job.pid,
             creator_tid: job.creator_tid,
             tid: job.tid,
+            stack_bytes: job.stack.len() as u32,
             ..Default::default()
         };
         // The process's modules: cached, re-read when the ip is in none of them (a library

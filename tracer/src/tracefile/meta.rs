@@ -28,6 +28,10 @@ pub enum Meta {
     Waits {
         ts_ns: u64,
         processes: Vec<WaitAggregate>,
+        /// Which threads those are: the changes since the previous record, or the whole set
+        /// every so often (absent in older files).
+        #[serde(default, skip_serializing_if = "WaitChanges::is_empty")]
+        changes: WaitChanges,
     },
     /// After lost events: the live threads of a process, re-read from /proc (empty: gone).
     Threads {
@@ -124,6 +128,9 @@ pub struct StackRecord {
     pub creator_tid: u32,
     /// The new thread (or process).
     pub tid: u32,
+    /// Bytes of user stack the kernel copied (0 in records without it).
+    #[serde(default)]
+    pub stack_bytes: u32,
     /// Innermost first.
     pub frames: Vec<StackFrame>,
     /// Why the stack could not be unwound or read, when it could not.
@@ -165,4 +172,39 @@ impl StackFrame {
         }
         s
     }
+}
+
+/// Per-thread changes of the blocked set (futex parks, poll-family waits) between two samples:
+/// a thread parked for an hour is written once, not at every sample. With `full`, `blocked`
+/// is the whole set (written every [`FULL_WAITS_EVERY`] samples, so a reader that lost a
+/// record recovers).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WaitChanges {
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub full: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocked: Vec<BlockedThread>,
+    /// (tid, pid) of threads no longer blocked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub woke: Vec<(u32, u32)>,
+}
+
+/// The whole blocked set is written every this many samples.
+pub const FULL_WAITS_EVERY: u64 = 60;
+
+impl WaitChanges {
+    pub fn is_empty(&self) -> bool {
+        !self.full && self.blocked.is_empty() && self.woke.is_empty()
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BlockedThread {
+    pub tid: u32,
+    pub pid: u32,
+    /// In a poll-family call (else a futex wait).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub poll: bool,
+    /// When it started waiting (CLOCK_MONOTONIC ns).
+    pub since_ns: u64,
 }

@@ -17,7 +17,10 @@ mod meta;
 mod read;
 mod write;
 
-pub use meta::{Meta, ProbeStatus, ProcessSeed, StackFrame, StackRecord, StartInfo, WaitAggregate};
+pub use meta::{
+    BlockedThread, FULL_WAITS_EVERY, Meta, ProbeStatus, ProcessSeed, StackFrame, StackRecord,
+    StartInfo, WaitAggregate, WaitChanges,
+};
 pub use read::{ReadError, Record, TraceReader};
 pub use write::TraceWriter;
 
