@@ -284,8 +284,8 @@ pub const OOM_PID_ONLY: u32 = 1;
 /// frames from `clone3` up through `pthread_create` and the caller's code, through CPython's
 /// and Ruby's VMs (perf's default for `--call-graph dwarf` is the same).
 pub const STACK_BYTES: usize = 8192;
-/// The stack is copied in chunks of this size, up to the first one that cannot be read (the
-/// top of the stack's mapping).
+/// The stack is copied in chunks of this size; chunks that cannot be read (past the top of
+/// the stack's mapping, or pages never touched) are zeros.
 pub const STACK_CHUNK: usize = 1024;
 
 /// The creator's user registers and the top of its user stack, right after the
@@ -307,7 +307,8 @@ pub struct StackHead {
     pub hdr: EventHeader,
     /// The new task.
     pub child_tid: u32,
-    /// Bytes of `stack` that were read (a multiple of [`STACK_CHUNK`]; 0: none).
+    /// Bytes of `stack` up to the end of the last chunk read (a multiple of [`STACK_CHUNK`];
+    /// 0: none).
     pub len: u32,
     /// User `rip`, `rsp`, `rbp` at the clone syscall.
     pub ip: u64,

@@ -25,8 +25,10 @@ use crate::emit::{
 static STACK_BUDGET: PerCpuArray<StackBudget> = PerCpuArray::with_max_entries(STACK_BUDGET_LEN, 0);
 
 /// `__USER_CS` on x86_64: the saved registers are a user context's (checks the `pt_regs`
-/// location, which assumes the kernel's THREAD_SIZE).
+/// location, which assumes the kernel's THREAD_SIZE and finds its padding).
 const USER_CS: u64 = 0x33;
+/// `TOP_OF_KERNEL_STACK_PADDING` with CONFIG_X86_FRED (0 without).
+const FRED_PADDING: u64 = 16;
 
 /// Takes one stack's worth of the process's credit; false when it has none left.
 #[inline(always)]
@@ -72,9 +74,17 @@ pub fn capture(tgid: u32, tid: u32, child_tid: u32) {
         bump(Stat::StacksFailed);
         return;
     };
-    let regs = kstack + global(&PT_REGS_TOP_OFF);
-    let (Some(cs), Some(ip), Some(sp), Some(bp)) = (
-        read_at::<u64>(regs, &PT_REGS_CS_OFF),
+    // The user registers end the kernel stack, below 16 bytes of padding on kernels with
+    // FRED (6.9+, CONFIG_X86_FRED): the saved cs tells which.
+    let mut regs = kstack + global(&PT_REGS_TOP_OFF);
+    if read_at::<u64>(regs, &PT_REGS_CS_OFF) != Some(USER_CS) {
+        regs -= FRED_PADDING;
+        if read_at::<u64>(regs, &PT_REGS_CS_OFF) != Some(USER_CS) {
+            bump(Stat::StacksFailed);
+            return;
+        }
+    }
+    let (Some(ip), Some(sp), Some(bp)) = (
         read_at::<u64>(regs, &PT_REGS_IP_OFF),
         read_at::<u64>(regs, &PT_REGS_SP_OFF),
         read_at::<u64>(regs, &PT_REGS_BP_OFF),
@@ -82,10 +92,6 @@ pub fn capture(tgid: u32, tid: u32, child_tid: u32) {
         bump(Stat::StacksFailed);
         return;
     };
-    if cs != USER_CS {
-        bump(Stat::StacksFailed);
-        return;
-    }
     let Some(mut entry) = reserve::<StackEvent>() else {
         return;
     };
@@ -96,6 +102,9 @@ pub fn capture(tgid: u32, tid: u32, child_tid: u32) {
         (*ev).head.ip = ip;
         (*ev).head.sp = sp;
         (*ev).head.bp = bp;
+        // Chunk by chunk: a chunk fails past the top of the stack's mapping, and also on a
+        // page never touched inside a caller's big frame (the helper cannot fault it in).
+        // Failed chunks are zeroed by the helper; the copy ends after the last good one.
         let base = (*ev).stack.as_mut_ptr();
         let mut len = 0u32;
         let mut i = 0;
@@ -106,11 +115,10 @@ pub fn capture(tgid: u32, tid: u32, child_tid: u32) {
                 STACK_CHUNK as u32,
                 (sp + off as u64) as *const c_void,
             );
-            if rc != 0 {
-                break;
-            }
-            len += STACK_CHUNK as u32;
             i += 1;
+            if rc == 0 {
+                len = (i * STACK_CHUNK) as u32;
+            }
         }
         (*ev).head.len = len;
     }

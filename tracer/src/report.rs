@@ -229,7 +229,7 @@ pub fn render_waits(rows: &[&ProcessSummary], limit: usize) -> String {
             escape::term_cut(&p.comm, 16),
             p.long_parked_count,
             p.threads_live,
-            p.long_parked_min_ns.unwrap_or(0) / 1_000_000_000,
+            whole_or_tenths(p.long_parked_min_ns.unwrap_or(0)),
             p.long_parked_site
                 .as_deref()
                 .map_or_else(|| "an unrecorded site".to_owned(), escape::term),
@@ -237,6 +237,15 @@ pub fn render_waits(rows: &[&ProcessSummary], limit: usize) -> String {
         );
     }
     o
+}
+
+/// Seconds, rounded down: whole ones from 10 s, tenths below.
+fn whole_or_tenths(ns: u64) -> String {
+    if ns >= 10_000_000_000 {
+        format!("{}", ns / 1_000_000_000)
+    } else {
+        format!("{:.1}", (ns / 100_000_000) as f64 / 10.0)
+    }
 }
 
 /// Where the threads of the busiest processes were created.

@@ -161,7 +161,10 @@ impl StackFrame {
     /// `function (module+0xoffset) file:line`, or `module+0xoffset` without a symbol.
     /// Untrusted text: escape it for a terminal.
     pub fn display(&self) -> String {
-        let module = self.module.rsplit('/').next().unwrap_or(&self.module);
+        let module = match self.module.rsplit('/').next() {
+            Some(base) if !base.is_empty() => base,
+            _ => &self.module,
+        };
         let place = format!("{module}+{:#x}", self.file_offset);
         let mut s = match &self.symbol {
             Some(sym) => format!("{sym} ({place})"),
