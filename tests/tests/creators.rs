@@ -204,6 +204,25 @@ fn the_census_names_long_parked_threads_and_their_site() {
         p.park_histogram.is_empty(),
         "no park completed while traced"
     );
+    // Each worker: created by the main thread, named by itself (pthread_setname_np).
+    assert_eq!(p.threads.len(), 31);
+    for th in p.threads.iter().filter(|th| th.tid != p.pid) {
+        let c = th.creator.as_ref().expect("a creator");
+        assert_eq!((c.tid, c.comm.as_str()), (p.pid, "spawner"), "{th:?}");
+        assert_eq!(th.names, ["spawner", "tspawn-worker"], "{th:?}");
+        assert!(
+            th.site
+                .as_deref()
+                .is_some_and(|s| s.starts_with("tracer_test_spawn_site_q7"))
+        );
+        assert!(th.futex_since_ns.is_some());
+    }
+    assert!(
+        p.long_parked
+            .iter()
+            .filter(|w| w.tid != p.pid)
+            .all(|w| w.name == "tspawn-worker")
+    );
     let j = r.jobs.iter().find(|j| j.job == p.job).unwrap();
     assert_eq!(j.long_parked_count, 31);
     assert_eq!(j.creator_sites[0].parked, 30);

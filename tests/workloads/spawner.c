@@ -2,9 +2,10 @@
  * Debian's glibc: its threads are created by one uniquely named function, which the report
  * must name as their creating site.
  *
- *   spawner THREADS PARK_MS   create THREADS threads that park PARK_MS in a futex wait, then
- *                             join them
+ *   spawner THREADS PARK_MS   create THREADS threads that name themselves "tspawn-worker" and
+ *                             park PARK_MS in a futex wait, then join them
  */
+#define _GNU_SOURCE
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +15,7 @@ static long park_ms;
 
 static void *park(void *arg) {
     (void)arg;
+    pthread_setname_np(pthread_self(), "tspawn-worker");
     pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
     pthread_cond_t c = PTHREAD_COND_INITIALIZER;
     struct timespec until;

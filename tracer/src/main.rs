@@ -212,7 +212,7 @@ fn run() -> anyhow::Result<ExitCode> {
                     model.live_processes(),
                     model.live_threads(),
                     report::render_table(&refs, rows)
-                );
+                ) + &report::render_waits(&refs, rows);
                 match out(&text) {
                     Ok(open) => open,
                     Err(e) => {

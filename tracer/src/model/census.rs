@@ -29,6 +29,26 @@ pub struct WaitingThread {
     pub site: Option<String>,
 }
 
+/// Live threads listed per process in the report (the oldest first).
+pub const MAX_THREADS_LISTED: usize = 200;
+
+/// A live thread, for the report: who created it, its names, where it waits.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct ThreadSummary {
+    pub tid: u32,
+    pub born_ns: u64,
+    /// Its names over its life (first and latest; untrusted).
+    pub names: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub creator: Option<super::Creator>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub futex_since_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub poll_since_ns: Option<u64>,
+}
+
 /// One non-empty bucket of a histogram.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct HistBucket {
@@ -135,6 +155,21 @@ impl Model {
             .take(MAX_LISTED)
             .collect();
         s.park_histogram = histogram(&p.park_hist);
+        let mut threads: Vec<&super::Thread> = p.threads.values().collect();
+        threads.sort_by_key(|t| (t.born_ns, t.tid));
+        s.threads = threads
+            .into_iter()
+            .take(MAX_THREADS_LISTED)
+            .map(|t| ThreadSummary {
+                tid: t.tid,
+                born_ns: t.born_ns,
+                names: t.names.clone(),
+                creator: t.creator.clone(),
+                site: t.site.map(|id| self.sites.label(id)),
+                futex_since_ns: t.futex_since,
+                poll_since_ns: t.poll_since,
+            })
+            .collect();
     }
 }
 

@@ -118,6 +118,9 @@ pub struct ProcessSummary {
     /// Completed futex parks (those the kernel streamed: at least `--min-wait-ms`) by
     /// duration, log2 buckets.
     pub park_histogram: Vec<HistBucket>,
+    /// Its live threads at the last sample, oldest first (at most
+    /// `census::MAX_THREADS_LISTED`; empty once it exited).
+    pub threads: Vec<census::ThreadSummary>,
     /// Its memory and live threads over time, while it had activity (see `series`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub series: Option<series::Series>,
@@ -384,6 +387,7 @@ impl Model {
         p.sum.long_parked_count = 0;
         p.sum.long_parked.clear();
         p.sum.poll_waiters.clear();
+        p.sum.threads.clear();
         if self.track_ended {
             self.ended.push(p.sum.pid);
         }
