@@ -60,10 +60,10 @@ pub fn load(path: &Path) -> Result<ElfInfo, String> {
     if meta.len() > MAX_FILE {
         return Err(format!("{} bytes: too big to read", meta.len()));
     }
-    let mut opened = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let mut data = Vec::new();
-    std::io::Read::read_to_end(&mut opened, &mut data).map_err(|e| e.to_string())?;
-    let file = object::File::parse(&*data).map_err(|e| e.to_string())?;
+    let opened = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    // Mapped, not read: only the headers and the sections copied below are paged in.
+    let map = Mapped::new(&opened, meta.len()).map_err(|e| e.to_string())?;
+    let file = object::File::parse(map.bytes()).map_err(|e| e.to_string())?;
     let section = |name: &str| -> Option<Section> {
         let s = file.section_by_name(name)?;
         let data = s.uncompressed_data().ok()?;
@@ -81,7 +81,12 @@ pub fn load(path: &Path) -> Result<ElfInfo, String> {
         .collect();
     Ok(ElfInfo {
         file: Some(opened),
-        text: section(".text"),
+        // The unwinder reads code only to tell prologues and epilogues, and a creation's
+        // first frame is at the clone syscall's return: not copied (it can be megabytes).
+        text: file.section_by_name(".text").map(|s| Section {
+            svma: s.address()..s.address() + s.size(),
+            data: Arc::from(&[][..]),
+        }),
         eh_frame: section(".eh_frame"),
         eh_frame_hdr: section(".eh_frame_hdr"),
         got: file
@@ -94,6 +99,51 @@ pub fn load(path: &Path) -> Result<ElfInfo, String> {
             .flatten()
             .map(|b| b.iter().map(|x| format!("{x:02x}")).collect()),
     })
+}
+
+/// A read-only private mapping of a whole file.
+struct Mapped {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mapped {
+    fn new(f: &std::fs::File, len: u64) -> std::io::Result<Self> {
+        use std::os::fd::AsRawFd;
+        let len = usize::try_from(len).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+        if len == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        // SAFETY: a fresh read-only private mapping of an open file; checked below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self { ptr, len })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping is `len` bytes, readable, and lives as long as `self`. A file
+        // truncated under us would fault: the ones mapped are executables and libraries
+        // processes are running.
+        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: unmapping what `new` mapped.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
 }
 
 #[cfg(test)]

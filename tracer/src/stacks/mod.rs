@@ -18,8 +18,11 @@ use framehop::x86_64::CacheX86_64;
 
 use crate::tracefile::StackRecord;
 
-/// Stacks waiting for the worker; past this, new ones are dropped (and counted).
-const QUEUE: usize = 1024;
+/// Stacks waiting for the worker (8 KiB each); past this, new ones are dropped (and counted).
+const QUEUE: usize = 256;
+/// After this long without a stack the worker drops its symbolizer's caches (parsed symbol
+/// tables and DWARF: tens of MiB for a binary with debug info) and gives the memory back.
+const IDLE_RESET: Duration = Duration::from_secs(2);
 /// Processes whose modules are kept; the cache is emptied when full.
 const MAX_PROCS: usize = 256;
 
@@ -110,7 +113,22 @@ impl Stacks {
             .name("stack-unwinder".into())
             .spawn(move || {
                 let mut work = StackWork::default();
-                for cmd in cmd_rx {
+                let mut dirty = false;
+                loop {
+                    let cmd = match cmd_rx.recv_timeout(IDLE_RESET) {
+                        Ok(c) => c,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            if dirty {
+                                work.symbols.reset();
+                                // SAFETY: malloc_trim only returns free heap memory.
+                                unsafe { libc::malloc_trim(0) };
+                                dirty = false;
+                            }
+                            continue;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    };
+                    dirty = true;
                     match cmd {
                         Cmd::Unwind(job) => {
                             if ans_tx.send(work.run(job)).is_err() {

@@ -27,6 +27,11 @@ impl Default for Symbols {
 }
 
 impl Symbols {
+    /// Drops the symbolizer's caches (a new one parses files again as needed).
+    pub fn reset(&mut self) {
+        self.symbolizer = Symbolizer::new();
+    }
+
     /// The frames of `addrs` in process `pid`, whose executable mappings are `maps`.
     pub fn frames(
         &mut self,
