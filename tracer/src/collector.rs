@@ -50,6 +50,8 @@ pub struct SessionOptions {
     /// Creator stacks copied per process per second per CPU (0: off), and the burst.
     pub stacks_per_sec: u32,
     pub stack_burst: u32,
+    /// The runaway-threads detector's window.
+    pub runaway_window: Duration,
 }
 
 impl Default for SessionOptions {
@@ -67,6 +69,9 @@ impl Default for SessionOptions {
             print_every: None,
             stacks_per_sec: 20,
             stack_burst: 200,
+            runaway_window: Duration::from_nanos(
+                crate::detect::DetectConfig::default().runaway_window_ns,
+            ),
         }
     }
 }
@@ -220,6 +225,7 @@ fn record_answers(
                     path,
                     hierarchy: a.key.hierarchy,
                     job: a.job.map(Box::new),
+                    limits: a.limits,
                 },
             )?;
         }
@@ -470,6 +476,7 @@ fn start_info(opts: &SessionOptions, cfg: &LoadConfig, probes: &Probes, pids: Ve
         rss_granule: cfg.rss_granule,
         sample_interval_ms: opts.sample_interval.as_millis() as u64,
         probes: probes.status.clone(),
+        runaway_window_ns: opts.runaway_window.as_nanos() as u64,
     })
 }
 
@@ -577,6 +584,11 @@ pub async fn run(
         );
     }
     let stats = s.probes.stats().unwrap_or_default();
+    let findings = s.engine.detectors.findings.clone();
+    s.record(Meta::Findings {
+        ts_ns: monotonic_ns(),
+        findings,
+    })?;
     let exit_code = match stop {
         Stop::CommandExited(c) => Some(c),
         _ => None,

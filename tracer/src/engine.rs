@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use crate::{
     cgroups::CgroupKey,
+    detect::Detectors,
     events::{DecodeError, Event, decode},
     model::Model,
     tracefile::{Meta, StartInfo},
@@ -26,6 +27,9 @@ pub struct EndInfo {
 
 pub struct Engine {
     pub model: Model,
+    pub detectors: Detectors,
+    /// The findings the live collector wrote in the file, if it did.
+    pub live_findings: Option<Vec<crate::detect::Finding>>,
     pub start: Option<StartInfo>,
     /// The last cumulative kernel counters.
     pub counters: BTreeMap<String, u64>,
@@ -44,6 +48,8 @@ impl Engine {
     pub fn new() -> Self {
         Self {
             model: Model::new(MAX_FINISHED),
+            detectors: Detectors::default(),
+            live_findings: None,
             start: None,
             counters: BTreeMap::new(),
             end: None,
@@ -67,8 +73,12 @@ impl Engine {
 
     /// Applies one decoded kernel event.
     pub fn apply(&mut self, ev: &Event) {
-        self.last_ts = self.last_ts.max(ev.header().ts_ns);
+        let ts = ev.header().ts_ns;
+        self.last_ts = self.last_ts.max(ts);
         self.model.apply(ev);
+        if let Event::Oom(e) = ev {
+            self.detectors.oom(&self.model, e, ts);
+        }
     }
 
     /// Applies one collector record.
@@ -77,6 +87,10 @@ impl Engine {
             Meta::Start(s) => {
                 self.model.min_wait_ns = s.min_wait_ns;
                 self.model.start_ns = s.start_ns;
+                self.detectors.unix_offset = i128::from(s.start_unix_ns) - i128::from(s.start_ns);
+                if s.runaway_window_ns != 0 {
+                    self.detectors.cfg.runaway_window_ns = s.runaway_window_ns;
+                }
                 self.last_ts = self.last_ts.max(s.start_ns);
                 self.start = Some(s.clone());
             }
@@ -89,14 +103,16 @@ impl Engine {
                 path,
                 hierarchy,
                 job,
-            } => self.model.set_cgroup(
-                CgroupKey {
+                limits,
+            } => {
+                let key = CgroupKey {
                     hierarchy: *hierarchy,
                     id: *id,
-                },
-                path.clone(),
-                job.as_deref().cloned(),
-            ),
+                };
+                self.model
+                    .set_cgroup(key, path.clone(), job.as_deref().cloned());
+                self.model.set_limits(key, *limits);
+            }
             Meta::Threads { ts_ns, pid, tids } => self.model.reconcile(*pid, tids, *ts_ns),
             Meta::Waits {
                 ts_ns,
@@ -106,10 +122,13 @@ impl Engine {
                 self.last_ts = self.last_ts.max(*ts_ns);
                 self.model.apply_waits(*ts_ns, processes);
                 self.model.apply_wait_changes(changes);
+                let lost = self.lost_events();
+                self.detectors.sample(&self.model, *ts_ns, lost);
                 // Once per sample: forget what only gone processes referred to.
                 self.model.compact();
             }
             Meta::Stack(r) => self.model.apply_stack(r),
+            Meta::Findings { findings, .. } => self.live_findings = Some(findings.clone()),
             Meta::Stats { ts_ns, counters } => {
                 self.last_ts = self.last_ts.max(*ts_ns);
                 self.counters = counters.clone();

@@ -7,6 +7,7 @@
 pub mod cgroups;
 pub mod collector;
 pub mod command;
+pub mod detect;
 pub mod engine;
 pub mod escape;
 pub mod events;

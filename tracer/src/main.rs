@@ -53,6 +53,9 @@ struct TraceArgs {
     stacks_per_sec: u32,
     #[arg(long, default_value_t = 200, value_name = "N")]
     stack_burst: u32,
+    /// Runaway threads: the window over which a process's live threads must keep rising.
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    runaway_window_secs: f64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -162,6 +165,8 @@ fn options(t: &TraceArgs) -> anyhow::Result<collector::SessionOptions> {
         rss_granule: t.rss_granule_kib * 1024,
         stacks_per_sec: t.stacks_per_sec,
         stack_burst: t.stack_burst,
+        runaway_window: secs(Some(t.runaway_window_secs), "--runaway-window-secs")?
+            .unwrap_or_default(),
         ..Default::default()
     })
 }
@@ -188,6 +193,7 @@ fn run() -> anyhow::Result<ExitCode> {
             syscall_hooks: Hooks::Auto,
             stacks_per_sec: 20,
             stack_burst: 200,
+            runaway_window_secs: 30.0,
         },
     });
     match cmd {

@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, io::Read};
 use serde::Serialize;
 
 use crate::{
+    detect::Finding,
     engine::Engine,
     escape,
     model::{HostCounters, JobSummary, Model, ProcessSummary},
@@ -36,6 +37,14 @@ pub struct Report {
     pub skipped_records: u64,
     /// Events the kernel could not deliver or track (ring buffer full, full maps).
     pub lost_events: u64,
+    /// What the detectors found, computed from the file's records (see `detect`).
+    pub findings: Vec<Finding>,
+    /// Whether they are the findings the live collector wrote in the file (null: it wrote
+    /// none, e.g. the recording was killed).
+    pub findings_match_live: Option<bool>,
+    /// The live collector's findings, when they differ from `findings`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live_findings: Option<Vec<Finding>>,
     pub kernel_counters: BTreeMap<String, u64>,
     pub probes: Vec<ProbeStatus>,
     pub host: HostCounters,
@@ -110,6 +119,15 @@ pub fn from_engine(
         }),
         skipped_records,
         lost_events: engine.lost_events(),
+        findings: engine.detectors.findings.clone(),
+        findings_match_live: engine
+            .live_findings
+            .as_ref()
+            .map(|live| *live == engine.detectors.findings),
+        live_findings: engine
+            .live_findings
+            .clone()
+            .filter(|live| *live != engine.detectors.findings),
         kernel_counters: engine.counters.clone(),
         probes: start.probes.clone(),
         host: model.host.clone(),
@@ -186,6 +204,7 @@ pub fn render_text(r: &Report, limit: usize) -> String {
             let _ = writeln!(o, "note: probe {}: {n}", p.name);
         }
     }
+    o.push_str(&render_findings(&r.findings));
     if r.host.oom_kills > 0 {
         let _ = writeln!(o, "OOM kills: {}", r.host.oom_kills);
     }
@@ -333,6 +352,29 @@ fn render_jobs(r: &Report, limit: usize) -> String {
             mib(j.rss_peak_bytes),
             j.oom_kills,
             escape::term(&j.job)
+        );
+    }
+    o
+}
+
+/// Findings first: what to act on.
+pub fn render_findings(findings: &[Finding]) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    if findings.is_empty() {
+        let _ = writeln!(o, "findings: none");
+        return o;
+    }
+    let _ = writeln!(o, "findings:");
+    for f in findings {
+        let _ = writeln!(
+            o,
+            "  [{}] {}{} {}: {}",
+            f.state,
+            f.kind,
+            f.pid.map_or_else(String::new, |p| format!(" pid {p}")),
+            escape::term(&f.job),
+            f.summary
         );
     }
     o

@@ -200,3 +200,52 @@ pub fn record(extra: &[&str], cmd: &[&str]) -> Traced {
     );
     t
 }
+
+/// A memory cgroup limited to `bytes`, on cgroup v2 if its memory controller is there, else
+/// on the v1 memory hierarchy. Removed on drop.
+pub struct MemCgroup {
+    pub dir: std::path::PathBuf,
+}
+
+impl MemCgroup {
+    pub fn new(bytes: u64) -> Self {
+        // Unique per instance: tests run in parallel, and each removes its own on drop.
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let name = format!("tracer-test-oom-{}-{n}", std::process::id());
+        let v2 = std::path::Path::new("/sys/fs/cgroup/unified");
+        let v2_root = if v2.join("cgroup.controllers").exists() {
+            v2.to_path_buf()
+        } else {
+            "/sys/fs/cgroup".into()
+        };
+        let controllers =
+            std::fs::read_to_string(v2_root.join("cgroup.controllers")).unwrap_or_default();
+        let dir = if controllers.split_whitespace().any(|c| c == "memory") {
+            let _ = std::fs::write(v2_root.join("cgroup.subtree_control"), "+memory");
+            let dir = v2_root.join(&name);
+            std::fs::create_dir_all(&dir).expect("creating a v2 cgroup");
+            std::fs::write(dir.join("memory.max"), bytes.to_string()).expect("memory.max");
+            let _ = std::fs::write(dir.join("memory.swap.max"), "0");
+            dir
+        } else {
+            let dir = std::path::Path::new("/sys/fs/cgroup/memory").join(&name);
+            std::fs::create_dir_all(&dir).expect("creating a v1 memory cgroup");
+            std::fs::write(dir.join("memory.limit_in_bytes"), bytes.to_string())
+                .expect("memory.limit_in_bytes");
+            dir
+        };
+        Self { dir }
+    }
+}
+
+impl Drop for MemCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}

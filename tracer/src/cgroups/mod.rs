@@ -219,6 +219,35 @@ pub struct Resolved {
     pub key: CgroupKey,
     pub path: Option<String>,
     pub job: Option<JobInfo>,
+    pub limits: Limits,
+}
+
+/// The limits a cgroup sets, when it sets one (read with its path).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// v1 `memory.limit_in_bytes` or v2 `memory.max`, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_max: Option<u64>,
+    /// v2 `pids.max`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_max: Option<u64>,
+}
+
+impl Limits {
+    /// Reads the limit files of the cgroup at `dir` ("max", absent, or v1's "no limit" value:
+    /// none).
+    pub fn read(dir: &Path) -> Self {
+        // v1 says "unlimited" with the largest page-aligned value.
+        const V1_UNLIMITED: u64 = 0x7fff_ffff_ffff_f000;
+        let num = |f: &str| -> Option<u64> {
+            let v = std::fs::read_to_string(dir.join(f)).ok()?;
+            v.trim().parse::<u64>().ok().filter(|&v| v < V1_UNLIMITED)
+        };
+        Self {
+            memory_max: num("memory.max").or_else(|| num("memory.limit_in_bytes")),
+            pids_max: num("pids.max"),
+        }
+    }
 }
 
 /// Resolves one key, synchronously (the resolver thread's work; tests call it directly).
@@ -252,7 +281,16 @@ impl Lookup {
             self.node.enrich(&mut j);
             j
         });
-        Resolved { key, path, job }
+        let limits = match (self.mounts.root(key.hierarchy), &path) {
+            (Some(root), Some(p)) => Limits::read(&root.join(p.trim_start_matches('/'))),
+            _ => Limits::default(),
+        };
+        Resolved {
+            key,
+            path,
+            job,
+            limits,
+        }
     }
 }
 

@@ -243,6 +243,8 @@ pub struct Model {
     finished_base: u64,
     max_finished: usize,
     pub finished_dropped: u64,
+    /// Limits of cgroups (only those that set one).
+    limits: HashMap<CgroupKey, crate::cgroups::Limits>,
     /// Creator stacks seen, interned.
     pub sites: sites::Sites,
     /// Paths and jobs of the cgroups kept processes are in.
@@ -279,6 +281,7 @@ impl Model {
             finished_dropped: 0,
             cgroups: HashMap::new(),
             sites: sites::Sites::default(),
+            limits: HashMap::new(),
             mm_owner: HashMap::new(),
             host: HostCounters::default(),
             job_peaks: HashMap::new(),
@@ -316,6 +319,58 @@ impl Model {
     pub fn set_cgroup(&mut self, key: CgroupKey, path: String, job: Option<JobInfo>) {
         let job = job.unwrap_or_else(|| job::classify(&path));
         self.cgroups.insert(key, (path, job));
+    }
+
+    /// A cgroup's limits, as read when it was resolved.
+    pub fn set_limits(&mut self, key: CgroupKey, limits: crate::cgroups::Limits) {
+        if limits != Default::default() {
+            self.limits.insert(key, limits);
+        }
+    }
+
+    /// The memory limit over a process: of its v1 memory cgroup, else its v2 cgroup.
+    pub fn memory_limit(&self, s: &ProcessSummary) -> Option<u64> {
+        let of = |hierarchy, id| {
+            self.limits
+                .get(&CgroupKey { hierarchy, id })
+                .and_then(|l| l.memory_max)
+        };
+        of(Hierarchy::Memory, s.memcg_id).or_else(|| of(Hierarchy::V2, s.cgroup_id))
+    }
+
+    /// The job name of a process (without building its whole summary).
+    pub fn job_name(&self, s: &ProcessSummary) -> String {
+        self.job_of(s.cgroup_id, s.memcg_id).name()
+    }
+
+    /// The raw counters of the live processes (no names filled in: see [`Model::job_name`]).
+    pub fn live_raw(&self) -> impl Iterator<Item = &ProcessSummary> {
+        self.procs.values().map(|p| &p.sum)
+    }
+
+    /// The last summary of a process that ended (the newest one of that pid).
+    pub fn finished_raw(&self, pid: u32) -> Option<&ProcessSummary> {
+        let seq = *self.finished_by_pid.get(&pid)?;
+        self.finished.get((seq - self.finished_base) as usize)
+    }
+
+    /// Of the live threads of `pid` born at or after `since`: how many, how long each of the
+    /// parked ones has been parked at the last sample, and how many wait in poll.
+    pub fn threads_born_since(&self, pid: u32, since: u64) -> (u64, Vec<u64>, u64) {
+        let Some(p) = self.procs.get(&pid) else {
+            return (0, Vec::new(), 0);
+        };
+        let mut n = 0;
+        let mut parks = Vec::new();
+        let mut polls = 0;
+        for t in p.threads.values().filter(|t| t.born_ns >= since) {
+            n += 1;
+            if let Some(s) = t.futex_since {
+                parks.push(self.last_sample_ns.saturating_sub(s));
+            }
+            polls += u64::from(t.poll_since.is_some());
+        }
+        (n, parks, polls)
     }
 
     pub fn cgroup_known(&self, key: CgroupKey) -> bool {
@@ -635,6 +690,10 @@ impl Model {
                 };
                 if let Some(p) = pid.and_then(|pid| self.procs.get_mut(&pid)) {
                     p.set_rss(member, e.size);
+                    // Its own fault: the header's cgroups are the process's.
+                    if e.curr != 0 {
+                        p.follow_cgroups(&h);
+                    }
                 } else if e.curr != 0 {
                     self.proc_mut(h.tgid, &h, ts).set_rss(member, e.size);
                 }
@@ -656,6 +715,11 @@ impl Model {
                 self.host.oom_kills += 1;
                 if let Some(p) = self.procs.get_mut(&e.victim_pid) {
                     p.sum.oom_killed = true;
+                    // The victim ran out of memory itself (the usual case): its cgroups are
+                    // the header's.
+                    if h.tgid == e.victim_pid {
+                        p.follow_cgroups(&h);
+                    }
                 }
             }
         }
@@ -763,6 +827,7 @@ impl Model {
             })
             .collect();
         self.cgroups.retain(|k, _| in_use.contains(k));
+        self.limits.retain(|k, _| in_use.contains(k));
         self.compact_jobs();
     }
 
@@ -810,6 +875,14 @@ impl Model {
             series: self.series.procs.get(&(s.pid, s.first_seen_ns)).cloned(),
             ..s.clone()
         }
+    }
+
+    /// The busiest creating sites of the live process `pid` (empty if it is not live).
+    pub fn creator_sites_of(&self, pid: u32) -> Vec<CreatorSite> {
+        self.procs
+            .get(&pid)
+            .map(|p| self.creator_sites(p))
+            .unwrap_or_default()
     }
 
     /// The busiest creating sites of a live process, with how many of their threads live and

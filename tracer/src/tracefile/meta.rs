@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::cgroups::{Hierarchy, JobInfo};
+use crate::cgroups::{Hierarchy, JobInfo, Limits};
 
 /// A record the collector writes next to kernel events.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -23,6 +23,9 @@ pub enum Meta {
         /// the path on reading).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         job: Option<Box<JobInfo>>,
+        /// Its memory and pids limits when it was resolved (absent: none, or older files).
+        #[serde(default)]
+        limits: Limits,
     },
     /// Threads blocked right now, per process, read from the kernel's `WAIT_SLOTS` array.
     Waits {
@@ -47,6 +50,12 @@ pub enum Meta {
         ts_ns: u64,
         counters: std::collections::BTreeMap<String, u64>,
     },
+    /// What the live collector's detectors found, written before the end record (a report
+    /// recomputes them from the records, and says whether they agree).
+    Findings {
+        ts_ns: u64,
+        findings: Vec<crate::detect::Finding>,
+    },
     /// The last record of a complete file.
     End {
         ts_ns: u64,
@@ -70,6 +79,10 @@ pub struct StartInfo {
     pub rss_granule: u64,
     pub sample_interval_ms: u64,
     pub probes: Vec<ProbeStatus>,
+    /// The runaway-threads window the recording's detectors used (0 in older files: the
+    /// default); a report uses the same, so it finds what the live collector found.
+    #[serde(default)]
+    pub runaway_window_ns: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

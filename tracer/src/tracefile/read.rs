@@ -220,6 +220,7 @@ mod tests {
             path: "/a".into(),
             hierarchy: Default::default(),
             job: None,
+            limits: Default::default(),
         })
         .unwrap();
         w.event(&[1, 2, 3, 4]).unwrap();
