@@ -166,6 +166,9 @@ fn handle(
     match &ev {
         // Unwound off the drain; the frames are recorded, not the 8 KiB copy.
         Event::Stack(s) => {
+            let maps = stacks
+                .needs_maps(s.hdr.tgid)
+                .then(|| crate::stacks::maps::read(s.hdr.tgid).unwrap_or_default());
             stacks.submit(StackJob {
                 ts_ns: s.hdr.ts_ns,
                 pid: s.hdr.tgid,
@@ -175,6 +178,7 @@ fn handle(
                 sp: s.sp,
                 bp: s.bp,
                 stack: events::stack_bytes(bytes).to_vec(),
+                maps,
             });
             return Ok(());
         }

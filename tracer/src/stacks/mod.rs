@@ -36,6 +36,9 @@ pub struct StackJob {
     pub sp: u64,
     pub bp: u64,
     pub stack: Vec<u8>,
+    /// The process's executable mappings, read by the collector at its first stack (while the
+    /// process surely lives: a short-lived one may be gone by the time the worker runs).
+    pub maps: Option<Vec<maps::Mapping>>,
 }
 
 enum Cmd {
@@ -65,6 +68,13 @@ impl StackWork {
         };
         // The process's modules: cached, re-read when the ip is in none of them (a library
         // loaded since).
+        if let Some(m) = job.maps {
+            if self.procs.len() >= MAX_PROCS {
+                self.procs.clear();
+            }
+            let u = unwind::ProcUnwinder::new(job.pid, m, &mut self.files);
+            self.procs.insert(job.pid, u);
+        }
         let stale = self
             .procs
             .get(&job.pid)
@@ -101,6 +111,8 @@ pub struct Stacks {
     cmds: mpsc::SyncSender<Cmd>,
     answers: mpsc::Receiver<StackRecord>,
     pending: usize,
+    /// Pids whose module list was sent with a stack.
+    mapped: std::collections::HashSet<u32>,
     /// Stacks not unwound because the worker was behind.
     pub dropped: u64,
 }
@@ -145,6 +157,7 @@ impl Stacks {
             cmds: cmd_tx,
             answers: ans_rx,
             pending: 0,
+            mapped: Default::default(),
             dropped: 0,
         })
     }
@@ -156,7 +169,17 @@ impl Stacks {
         }
     }
 
+    /// Whether the worker has no module list of `pid` yet: the caller reads it now (once per
+    /// process, until it execs or exits), while the process surely lives.
+    pub fn needs_maps(&mut self, pid: u32) -> bool {
+        if self.mapped.len() >= MAX_PROCS {
+            self.mapped.clear();
+        }
+        self.mapped.insert(pid)
+    }
+
     pub fn forget(&mut self, pid: u32) {
+        self.mapped.remove(&pid);
         // Best effort: a full queue only delays the refresh to the next ip outside the maps.
         let _ = self.cmds.try_send(Cmd::Forget(pid));
     }

@@ -1,7 +1,11 @@
 //! Unwinding a creator's copied stack with framehop: `.eh_frame` CFI where the binary has it
 //! (every Debian binary does, frame pointers or not), frame pointers where it has none.
 
-use std::{collections::HashMap, path::PathBuf, sync::Arc};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use framehop::{
     ExplicitModuleSectionInfo, Module, Unwinder,
@@ -36,7 +40,16 @@ impl Files {
             self.by_id.clear();
             self.generation += 1;
         }
-        let info = match super::elf::load(&proc_path(pid, &m.path)) {
+        // Through the process's root; once it is gone, the same path on the host if that is
+        // the same file (device and inode), as it is for processes outside containers.
+        let loaded = super::elf::load(&proc_path(pid, &m.path)).or_else(|e| {
+            if same_file(Path::new(&m.path), m) {
+                super::elf::load(Path::new(&m.path))
+            } else {
+                Err(e)
+            }
+        });
+        let info = match loaded {
             Ok(i) => Arc::new(i),
             Err(e) => {
                 tracing::debug!("no unwind data for {}: {e}", m.path);
@@ -46,6 +59,17 @@ impl Files {
         self.by_id.insert(key, info.clone());
         Some(info)
     }
+}
+
+/// Whether `path` is the file a mapping maps (its `major:minor` device, hex, and inode).
+fn same_file(path: &Path, m: &Mapping) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    let dev = meta.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    meta.ino() == m.inode && m.dev == format!("{major:02x}:{minor:02x}")
 }
 
 /// A file of a process, as the tracer can open it.
@@ -122,5 +146,27 @@ impl ProcUnwinder {
 
     pub fn mapping(&self, addr: u64) -> Option<&Mapping> {
         self.maps.iter().find(|m| m.contains(addr))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mapping_is_matched_to_its_file_by_device_and_inode() {
+        let maps = super::super::maps::read(std::process::id()).unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let m = maps
+            .iter()
+            .find(|m| Path::new(&m.path) == exe)
+            .expect("our executable is mapped");
+        assert!(same_file(&exe, m));
+        let other = Mapping {
+            inode: m.inode + 1,
+            ..m.clone()
+        };
+        assert!(!same_file(&exe, &other));
+        assert!(!same_file(Path::new("/nonexistent"), m));
     }
 }
