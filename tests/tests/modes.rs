@@ -57,8 +57,9 @@ fn host_wide_sees_a_process_it_did_not_start() {
     let exe = temp_path("workload-host-wide");
     std::os::unix::fs::symlink(workload(), &exe).expect("symlink");
     let (tracer, path) = start_tracer(&["--min-wait-ms", "20"]);
+    // Parks long enough to overlap at a 100 ms sample even under emulation.
     let w = Command::new(&exe)
-        .args(["park", "2", "400"])
+        .args(["park", "2", "1000"])
         .status()
         .expect("workload");
     assert!(w.success());
