@@ -116,3 +116,44 @@ fn an_oom_kill_names_its_victim_job_limit_and_growth() {
     assert!(f.summary.contains("OOM-killed") && f.summary.contains("64.0 MiB limit"));
     assert_eq!(t.report.findings_match_live, Some(true));
 }
+
+#[test]
+fn a_job_oom_killed_again_and_again_is_a_crash_loop() {
+    // A supervisor restarting a worker that dies of the same job every time (the Sidekiq
+    // poison pill), four times.
+    let cg = MemCgroup::new(64 << 20);
+    let script = format!(
+        "for i in 1 2 3 4; do {} oom {}; done; exit 0",
+        workload(),
+        cg.dir.display()
+    );
+    let t = record(&[], &["sh", "-c", &script]);
+    assert_eq!(t.status, 0, "{}", t.stderr());
+    let kills = findings_of(&t, "oom_kill");
+    assert_eq!(kills.len(), 4, "{:#?}", t.report.findings);
+    let c = findings_of(&t, "crash_loop");
+    assert_eq!(c.len(), 1, "{:#?}", t.report.findings);
+    let c = c[0];
+    assert_eq!(c.pid, None, "a job-level finding");
+    assert_eq!(c.job, kills[0].job);
+    assert!(c.job.contains("tracer-test-oom-"), "{}", c.job);
+    let e = &c.evidence;
+    assert_eq!(
+        (e["deaths"].as_u64(), e["oom_kills"].as_u64()),
+        (Some(4), Some(4))
+    );
+    assert_eq!(e["memory_limit_bytes"], 64u64 << 20);
+    let pids: Vec<u64> = e["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p.as_u64())
+        .collect();
+    let mut killed: Vec<u64> = kills.iter().map(|k| u64::from(k.pid.unwrap())).collect();
+    killed.sort_unstable();
+    let mut sorted = pids.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, killed, "the same four processes");
+    assert!(c.summary.starts_with("4 deaths of "), "{}", c.summary);
+    assert_eq!(t.report.findings_match_live, Some(true));
+}

@@ -4,6 +4,7 @@
 //!
 //! Each detector keeps only what its window needs; the findings list is bounded.
 
+mod crash;
 mod oom;
 mod runaway;
 
@@ -25,6 +26,9 @@ pub struct DetectConfig {
     pub runaway_min_rise: u64,
     /// ... with births at least this many times deaths.
     pub runaway_birth_ratio: u64,
+    /// Crash loop: this many deaths (OOM kill or signal) of one job within the window.
+    pub crash_min_deaths: u64,
+    pub crash_window_ns: u64,
 }
 
 impl Default for DetectConfig {
@@ -33,6 +37,8 @@ impl Default for DetectConfig {
             runaway_window_ns: 30_000_000_000,
             runaway_min_rise: 10,
             runaway_birth_ratio: 4,
+            crash_min_deaths: 3,
+            crash_window_ns: 300_000_000_000,
         }
     }
 }
@@ -82,6 +88,10 @@ pub struct Detectors {
     pub unix_offset: i128,
     /// The kernel's loss counter at each sample, for findings' windows.
     losses: VecDeque<(u64, u64)>,
+    /// The model's sequence number of the next ended process to look at.
+    finished_seq: u64,
+    /// Recent deaths by OOM kill or signal, per job.
+    deaths: HashMap<String, VecDeque<crash::Death>>,
 }
 
 impl Default for Detectors {
@@ -99,6 +109,8 @@ impl Detectors {
             open: HashMap::new(),
             unix_offset: 0,
             losses: VecDeque::new(),
+            finished_seq: 0,
+            deaths: HashMap::new(),
         }
     }
 
@@ -161,6 +173,19 @@ impl Detectors {
             self.resolve(k, ts);
         }
         runaway::run(self, model, ts);
+        crash::run(self, model, ts);
+        // A crash loop whose job has not died within the window is over.
+        let quiet: Vec<_> = self
+            .open
+            .iter()
+            .filter(|&(k, &i)| {
+                k.0 == "crash_loop" && !self.deaths.contains_key(&self.findings[i].job)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for k in quiet {
+            self.resolve(k, ts);
+        }
     }
 
     /// Opens or updates a finding of `kind` for a process.
@@ -209,6 +234,14 @@ impl Detectors {
     pub fn oom(&mut self, model: &Model, e: &tracer_common::OomEvent, ts: u64) {
         oom::run(self, model, e, ts);
     }
+}
+
+/// A job's key among open findings (a hash of its name).
+pub(crate) fn job_key(job: &str) -> u32 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    job.hash(&mut h);
+    h.finish() as u32
 }
 
 pub(crate) fn mib(b: u64) -> String {
@@ -353,5 +386,44 @@ mod tests {
         assert_eq!(d.findings[0].state, "resolved");
         // Resolved at the first sample that no longer sees it.
         assert_eq!(d.findings[0].last_ns, 26 * SEC);
+    }
+
+    #[test]
+    fn a_job_dying_on_a_signal_three_times_is_a_crash_loop_then_quiet() {
+        // Three processes of one cgroup killed (SIGKILL) 5 s apart, then nothing for long.
+        let d = drive(400, |s| match s {
+            1 | 6 | 11 => {
+                let pid = 200 + s as u32;
+                vec![
+                    Event::NewTask(NewTaskEvent {
+                        hdr: hdr(EventKind::NewTask, s * SEC, 1, 1),
+                        clone_flags: 0,
+                        child_tid: pid,
+                        child_tgid: pid,
+                        comm: [0; 16],
+                    }),
+                    Event::TaskExit(TaskExitEvent {
+                        hdr: hdr(EventKind::TaskExit, s * SEC + 1, pid, pid),
+                        group_dead: GROUP_DEAD_YES,
+                        exit_code: 9,
+                        comm: [0; 16],
+                    }),
+                ]
+            }
+            _ => vec![],
+        });
+        let c: Vec<&Finding> = d
+            .findings
+            .iter()
+            .filter(|f| f.kind == "crash_loop")
+            .collect();
+        assert_eq!(c.len(), 1, "{:#?}", d.findings);
+        assert_eq!(c[0].evidence["deaths"], 3);
+        assert_eq!(c[0].evidence["interval_ns"], 5 * SEC);
+        assert_eq!(c[0].since_ns, SEC + 1);
+        assert_eq!(
+            c[0].state, "resolved",
+            "no death for longer than the window"
+        );
     }
 }

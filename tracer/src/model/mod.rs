@@ -348,6 +348,14 @@ impl Model {
         self.procs.values().map(|p| &p.sum)
     }
 
+    /// The summaries of processes that ended since sequence number `seq` (0: all kept), and the
+    /// sequence number to ask from next time.
+    pub fn finished_since(&self, seq: u64) -> (u64, Vec<&ProcessSummary>) {
+        let next = self.finished_base + self.finished.len() as u64;
+        let skip = seq.saturating_sub(self.finished_base) as usize;
+        (next, self.finished.iter().skip(skip).collect())
+    }
+
     /// The last summary of a process that ended (the newest one of that pid).
     pub fn finished_raw(&self, pid: u32) -> Option<&ProcessSummary> {
         let seq = *self.finished_by_pid.get(&pid)?;
