@@ -248,8 +248,13 @@ pub(crate) fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
 }
 
+/// A duration for a summary: milliseconds below a second, else seconds with a tenth.
 pub(crate) fn secs(ns: u64) -> String {
-    format!("{:.1} s", ns as f64 / 1e9)
+    if ns < 1_000_000_000 {
+        format!("{} ms", ns / 1_000_000)
+    } else {
+        format!("{:.1} s", ns as f64 / 1e9)
+    }
 }
 
 #[cfg(test)]
@@ -308,6 +313,12 @@ mod tests {
             d.sample(&m, s * SEC, 0);
         }
         d
+    }
+
+    #[test]
+    fn durations_read_in_ms_below_a_second() {
+        assert_eq!(secs(35_000_000), "35 ms");
+        assert_eq!(secs(1_250_000_000), "1.2 s");
     }
 
     #[test]
