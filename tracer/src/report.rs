@@ -374,7 +374,8 @@ pub fn render_findings(findings: &[Finding]) -> String {
             f.kind,
             f.pid.map_or_else(String::new, |p| format!(" pid {p}")),
             escape::term(&f.job),
-            f.summary
+            // Summaries quote names and symbols of traced programs: untrusted.
+            escape::term(&f.summary)
         );
     }
     o

@@ -86,7 +86,7 @@ pub(super) fn run(d: &mut Detectors, model: &Model, ts: u64) {
             "{} deaths of {} in {} ({ooms} OOM kills), one every {}; each lived ~{} and grew to \
              {} at ~{}/s{}",
             v.len(),
-            crate::escape::term(&job),
+            job,
             secs(span),
             secs(interval),
             secs(lived),

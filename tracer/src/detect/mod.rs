@@ -57,7 +57,8 @@ pub struct Finding {
     pub detected_ns: u64,
     /// `active` or `resolved`.
     pub state: String,
-    /// One sentence with the numbers.
+    /// One sentence with the numbers. It quotes names of traced processes and symbols of
+    /// their binaries unescaped: escape it for a terminal.
     pub summary: String,
     /// The numbers behind it, named.
     pub evidence: serde_json::Map<String, serde_json::Value>,

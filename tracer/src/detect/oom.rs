@@ -36,9 +36,9 @@ pub(super) fn run(d: &mut Detectors, model: &Model, e: &OomEvent, ts: u64) {
     let job = model.job_name(s);
     let summary = format!(
         "{} (pid {}) in {} was OOM-killed at {}{}{}",
-        crate::escape::term(&s.comm),
+        s.comm,
         s.pid,
-        crate::escape::term(&job),
+        job,
         mib(rss),
         limit.map_or_else(String::new, |l| format!(" of its {} limit", mib(l))),
         rate.map_or_else(String::new, |r| format!(

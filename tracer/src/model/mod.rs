@@ -847,6 +847,10 @@ impl Model {
             .iter()
             .map(|s| self.named(s))
             .chain(live)
+            .map(|s| ProcessSummary {
+                series: self.series.procs.get(&(s.pid, s.first_seen_ns)).cloned(),
+                ..s
+            })
             .collect()
     }
 
@@ -880,7 +884,8 @@ impl Model {
                 })
                 .flatten(),
             stacks_sampled: s.creation_stacks < s.threads_created,
-            series: self.series.procs.get(&(s.pid, s.first_seen_ns)).cloned(),
+            // Filled by `summaries` only: the live view's rows do not need the copy.
+            series: None,
             ..s.clone()
         }
     }
