@@ -23,14 +23,6 @@ fn only_site(p: &ProcessSummary) -> &CreatorSite {
     &p.creator_sites[0]
 }
 
-fn interpreter(path: &str) -> &str {
-    assert!(
-        std::path::Path::new(path).is_file(),
-        "{path} is missing: this test runs Debian's interpreter (`cargo xtask setup` installs it)"
-    );
-    path
-}
-
 #[test]
 fn a_c_spawner_without_frame_pointers_is_named_as_the_site_with_the_exact_count() {
     let t = record(&[], &[env!("SPAWNER_BIN"), "40", "200"]);

@@ -157,3 +157,128 @@ fn a_job_oom_killed_again_and_again_is_a_crash_loop() {
     assert!(c.summary.starts_with("4 deaths of "), "{}", c.summary);
     assert_eq!(t.report.findings_match_live, Some(true));
 }
+
+#[test]
+fn a_cpython_thread_per_message_worker_is_a_runaway_created_in_the_interpreter() {
+    let py = interpreter(PYTHON);
+    // The shoryuken worker in Python: a thread per message, each waiting for good.
+    let code = "import threading, time\n\
+                never = threading.Event()\n\
+                def extend_visibility():\n\
+                \x20   never.wait()\n\
+                for i in range(100):\n\
+                \x20   threading.Thread(target=extend_visibility, daemon=True).start()\n\
+                \x20   time.sleep(0.1)\n";
+    let t = record(
+        &["--runaway-window-secs", WINDOW],
+        &[py, "-I", "-S", "-c", code],
+    );
+    assert_eq!(t.status, 0, "{}", t.stderr());
+    let p = process_of(&t, "/python3.11");
+    let f = findings_of(&t, "runaway_threads");
+    assert_eq!(f.len(), 1, "{:#?}", t.report.findings);
+    let f = f[0];
+    assert_eq!((f.pid, f.job.as_str()), (Some(p.pid), p.job.as_str()));
+    let e = &f.evidence;
+    assert!(
+        e["top_site"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("PyThread_start_new_thread")),
+        "{e:#?}"
+    );
+    assert_eq!(e["exited"], 0);
+    assert!(e["new_threads_parked"].as_u64().unwrap() >= 10, "{e:#?}");
+    assert!(f.detected_ns - f.since_ns <= 6_000_000_000);
+    assert_eq!(t.report.findings_match_live, Some(true));
+}
+
+/// A cgroup whose pids.max is `max`, with a v1 memory cgroup of the same name where pids are
+/// on v1 (the tracer reads a v1 pids limit at its memory cgroup's path). Removed on drop.
+struct PidsCgroup {
+    dirs: Vec<std::path::PathBuf>,
+    max_file: std::path::PathBuf,
+}
+
+impl PidsCgroup {
+    fn new(max: u64) -> Self {
+        let name = format!("tracer-test-pids-{}", std::process::id());
+        let v1 = std::path::Path::new("/sys/fs/cgroup/pids");
+        let dirs: Vec<std::path::PathBuf> = if v1.join("pids.max").exists() || v1.is_dir() {
+            vec![
+                v1.join(&name),
+                std::path::Path::new("/sys/fs/cgroup/memory").join(&name),
+            ]
+        } else {
+            let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+pids");
+            vec![std::path::Path::new("/sys/fs/cgroup").join(&name)]
+        };
+        for d in &dirs {
+            std::fs::create_dir_all(d).expect("creating the test cgroup");
+        }
+        let max_file = dirs[0].join("pids.max");
+        std::fs::write(&max_file, max.to_string()).expect("pids.max");
+        Self { dirs, max_file }
+    }
+
+    /// `sh -c` text that moves the shell into the cgroup(s), then runs `cmd`.
+    fn enter_then(&self, cmd: &str) -> String {
+        let mut s = String::new();
+        for d in &self.dirs {
+            s += &format!("echo $$ > {}/cgroup.procs && ", d.display());
+        }
+        s + "exec " + cmd
+    }
+}
+
+impl Drop for PidsCgroup {
+    fn drop(&mut self) {
+        for d in &self.dirs {
+            for _ in 0..50 {
+                if std::fs::remove_dir(d).is_ok() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+#[test]
+fn threads_heading_for_pids_max_are_forecast_and_resolve_when_the_limit_is_raised() {
+    // Default windows: the forecast's rate is the slope over 30 s (found once 3/4 of it is
+    // covered), the horizon an hour.
+    let cg = PidsCgroup::new(1000);
+    let script = cg.enter_then(&format!("{} leak 10 40", env!("LEAKER_BIN")));
+    // 30 s in (about 300 threads, 70 s from the limit), the limit is raised out of reach.
+    let raise = {
+        let f = cg.max_file.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs(30));
+            std::fs::write(f, "1000000").expect("raising pids.max");
+        })
+    };
+    let t = record(&[], &["sh", "-c", &script]);
+    raise.join().expect("raiser");
+    assert_eq!(t.status, 0, "{}", t.stderr());
+    let p = leaker(&t);
+    let f = findings_of(&t, "limit_forecast");
+    assert_eq!(f.len(), 1, "{:#?}", t.report.findings);
+    let f = f[0];
+    assert_eq!((f.pid, f.job.as_str()), (Some(p.pid), p.job.as_str()));
+    assert!(f.job.contains("tracer-test-pids-"), "{}", f.job);
+    let e = &f.evidence;
+    assert_eq!(
+        (e["resource"].as_str(), e["limit"].as_u64()),
+        (Some("pids"), Some(1000))
+    );
+    let rate = e["rate_per_s"].as_f64().unwrap();
+    assert!((7.0..=11.0).contains(&rate), "{e:#?}");
+    let eta = e["eta_s"].as_u64().unwrap();
+    assert!((40..=130).contains(&eta), "{e:#?}");
+    assert!(f.detected_ns - f.since_ns <= 30_000_000_000, "{f:#?}");
+    assert_eq!(
+        f.state, "resolved",
+        "the raised limit is out of reach: {f:#?}"
+    );
+    assert_eq!(t.report.findings_match_live, Some(true));
+}

@@ -50,8 +50,8 @@ pub struct SessionOptions {
     /// Creator stacks copied per process per second per CPU (0: off), and the burst.
     pub stacks_per_sec: u32,
     pub stack_burst: u32,
-    /// The runaway-threads detector's window.
-    pub runaway_window: Duration,
+    /// The detectors' thresholds and windows.
+    pub detect: crate::detect::DetectConfig,
 }
 
 impl Default for SessionOptions {
@@ -69,9 +69,7 @@ impl Default for SessionOptions {
             print_every: None,
             stacks_per_sec: 20,
             stack_burst: 200,
-            runaway_window: Duration::from_nanos(
-                crate::detect::DetectConfig::default().runaway_window_ns,
-            ),
+            detect: Default::default(),
         }
     }
 }
@@ -143,7 +141,12 @@ struct Session {
     sink: Sink,
     min_wait_ns: u64,
     last_stats: Option<crate::probes::KernelStats>,
+    /// When the cgroups' limits were last re-read.
+    last_limits: Option<std::time::Instant>,
 }
+
+/// How often the limits of the live processes' cgroups are re-read.
+const LIMITS_EVERY: Duration = Duration::from_secs(5);
 
 /// Decodes one kernel event, writes it and feeds the engine; its cgroups, when new, go to the
 /// resolver. Takes the fields it needs, not the session, so that the caller can hand it
@@ -217,9 +220,29 @@ fn note_cgroups(engine: &Engine, resolver: &mut Resolver, v2: u64, memcg: u64) {
 fn record_answers(
     engine: &mut Engine,
     sink: &mut Sink,
-    answers: Vec<cgroups::Resolved>,
+    answers: Vec<cgroups::Answer>,
 ) -> anyhow::Result<()> {
     for a in answers {
+        let a = match a {
+            cgroups::Answer::Resolved(r) => *r,
+            cgroups::Answer::Limits(key, limits) => {
+                // Recorded only when they changed (the file stays small).
+                let known = engine.model.limits(key).copied().unwrap_or_default();
+                if known != limits && engine.model.cgroup_known(key) {
+                    record(
+                        engine,
+                        sink,
+                        Meta::Limits {
+                            ts_ns: monotonic_ns(),
+                            id: key.id,
+                            hierarchy: key.hierarchy,
+                            limits,
+                        },
+                    )?;
+                }
+                continue;
+            }
+        };
         if let Some(path) = a.path {
             record(
                 engine,
@@ -289,6 +312,14 @@ impl Session {
             );
             self.reconcile(now)?;
         }
+        // Limits change while cgroups run (raised during an incident): the live processes'
+        // cgroups are re-read every LIMITS_EVERY, off the drain.
+        if self.last_limits.is_none_or(|t| t.elapsed() >= LIMITS_EVERY) {
+            self.last_limits = Some(std::time::Instant::now());
+            for (key, path) in self.engine.model.live_cgroups() {
+                self.resolver.refresh(key, path);
+            }
+        }
         let waiting = self.probes.waiting(self.model().live_tids());
         let (waits, blocked) = wait_snapshot(waiting.into_iter(), now, self.min_wait_ns);
         let changes = self.waits.changes(blocked);
@@ -325,6 +356,15 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// A number from /proc/sys (None: unreadable).
+fn read_sysctl(name: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/sys/{name}"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn hostname() -> String {
@@ -465,7 +505,7 @@ impl Session {
 }
 
 fn start_info(opts: &SessionOptions, cfg: &LoadConfig, probes: &Probes, pids: Vec<u32>) -> Meta {
-    Meta::Start(StartInfo {
+    Meta::Start(Box::new(StartInfo {
         tracer_version: env!("CARGO_PKG_VERSION").to_owned(),
         hostname: hostname(),
         kernel: kernel_release(),
@@ -480,8 +520,11 @@ fn start_info(opts: &SessionOptions, cfg: &LoadConfig, probes: &Probes, pids: Ve
         rss_granule: cfg.rss_granule,
         sample_interval_ms: opts.sample_interval.as_millis() as u64,
         probes: probes.status.clone(),
-        runaway_window_ns: opts.runaway_window.as_nanos() as u64,
-    })
+        runaway_window_ns: opts.detect.runaway_window_ns,
+        detect: Some(Box::new(opts.detect.clone())),
+        pid_max: read_sysctl("kernel/pid_max"),
+        threads_max: read_sysctl("kernel/threads-max"),
+    }))
 }
 
 /// Why a session stopped.
@@ -549,6 +592,7 @@ pub async fn run(
         sink,
         min_wait_ns: cfg.min_wait_ns,
         last_stats: None,
+        last_limits: None,
     };
     s.engine.model.track_ended = filter;
     let (pids, traced) = s.select(&opts)?;

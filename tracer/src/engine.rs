@@ -88,15 +88,37 @@ impl Engine {
                 self.model.min_wait_ns = s.min_wait_ns;
                 self.model.start_ns = s.start_ns;
                 self.detectors.unix_offset = i128::from(s.start_unix_ns) - i128::from(s.start_ns);
-                if s.runaway_window_ns != 0 {
+                if let Some(cfg) = &s.detect {
+                    self.detectors.cfg = (**cfg).clone();
+                } else if s.runaway_window_ns != 0 {
                     self.detectors.cfg.runaway_window_ns = s.runaway_window_ns;
                 }
+                // Host limits bound the host's threads: only a host-wide trace sees them all.
+                if s.pids.is_empty() && s.command.is_empty() {
+                    self.detectors.host_limits = crate::detect::HostLimits {
+                        pid_max: s.pid_max,
+                        threads_max: s.threads_max,
+                    };
+                }
                 self.last_ts = self.last_ts.max(s.start_ns);
-                self.start = Some(s.clone());
+                self.start = Some((**s).clone());
             }
             Meta::Process(seed) => {
                 let ts = self.start.as_ref().map_or(0, |s| s.start_ns);
                 self.model.seed(seed, ts);
+            }
+            Meta::Limits {
+                ts_ns,
+                id,
+                hierarchy,
+                limits,
+            } => {
+                self.last_ts = self.last_ts.max(*ts_ns);
+                let key = CgroupKey {
+                    hierarchy: *hierarchy,
+                    id: *id,
+                };
+                self.model.set_limits(key, *limits);
             }
             Meta::Cgroup {
                 id,

@@ -53,9 +53,23 @@ struct TraceArgs {
     stacks_per_sec: u32,
     #[arg(long, default_value_t = 200, value_name = "N")]
     stack_burst: u32,
-    /// Runaway threads: the window over which a process's live threads must keep rising.
-    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
-    runaway_window_secs: f64,
+    /// The detectors' thresholds and windows, from a TOML file (see README: Findings); the
+    /// flags below override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Runaway threads: the window over which a process's live threads must keep rising
+    /// [default: 30].
+    #[arg(long, value_name = "SECS")]
+    runaway_window_secs: Option<f64>,
+    /// Memory leak: the window over which memory must grow steadily [default: 40].
+    #[arg(long, value_name = "SECS")]
+    leak_window_secs: Option<f64>,
+    /// Memory bloat: how long stairs must have levelled off [default: 20].
+    #[arg(long, value_name = "SECS")]
+    bloat_plateau_secs: Option<f64>,
+    /// Limit forecast: a limit nearer than this is a finding [default: 3600].
+    #[arg(long, value_name = "SECS")]
+    forecast_horizon_secs: Option<f64>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -165,10 +179,40 @@ fn options(t: &TraceArgs) -> anyhow::Result<collector::SessionOptions> {
         rss_granule: t.rss_granule_kib * 1024,
         stacks_per_sec: t.stacks_per_sec,
         stack_burst: t.stack_burst,
-        runaway_window: secs(Some(t.runaway_window_secs), "--runaway-window-secs")?
-            .unwrap_or_default(),
+        detect: detect_config(t)?,
         ..Default::default()
     })
+}
+
+/// The defaults, then the config file, then the flags.
+fn detect_config(t: &TraceArgs) -> anyhow::Result<tracer::detect::DetectConfig> {
+    let mut c = tracer::detect::DetectConfig::default();
+    if let Some(path) = &t.config {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "cannot read the config file {} (--config)",
+                escape::term(&path.display().to_string())
+            )
+        })?;
+        c.apply_toml(&path.display().to_string(), &text)
+            .context("in the config file (--config): fix or remove the key it names")?;
+    }
+    let ns = |v: Option<f64>, flag: &str| -> anyhow::Result<Option<u64>> {
+        Ok(secs(v, flag)?.map(|d| d.as_nanos() as u64))
+    };
+    if let Some(v) = ns(t.runaway_window_secs, "--runaway-window-secs")? {
+        c.runaway_window_ns = v;
+    }
+    if let Some(v) = ns(t.leak_window_secs, "--leak-window-secs")? {
+        c.leak_window_ns = v;
+    }
+    if let Some(v) = ns(t.bloat_plateau_secs, "--bloat-plateau-secs")? {
+        c.bloat_plateau_ns = v;
+    }
+    if let Some(v) = ns(t.forecast_horizon_secs, "--forecast-horizon-secs")? {
+        c.forecast_horizon_ns = v;
+    }
+    Ok(c)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -193,7 +237,11 @@ fn run() -> anyhow::Result<ExitCode> {
             syscall_hooks: Hooks::Auto,
             stacks_per_sec: 20,
             stack_burst: 200,
-            runaway_window_secs: 30.0,
+            config: None,
+            runaway_window_secs: None,
+            leak_window_secs: None,
+            bloat_plateau_secs: None,
+            forecast_horizon_secs: None,
         },
     });
     match cmd {

@@ -72,6 +72,9 @@ const APT_PACKAGES: &[&str] = &[
     "libc6-dev",
     "python3.11",
     "ruby",
+    // A healthy control of the findings tests: redis under redis-benchmark.
+    "redis-server",
+    "redis-tools",
     // The real-container test (host only): podman with runc.
     "podman",
     "runc",

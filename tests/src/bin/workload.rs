@@ -338,6 +338,106 @@ fn hold(n: usize) {
     }
 }
 
+/// CLOCK_MONOTONIC now, in ns (the tracer's event clock).
+fn monotonic_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// Allocates `mib` MiB from the brk heap (64 KiB blocks, under glibc's mmap threshold),
+/// written so that it is resident, and keeps it.
+fn grow_heap(kept: &mut Vec<Vec<u8>>, mib: u64) {
+    for _ in 0..mib * 16 {
+        kept.push(vec![1u8; 64 << 10]);
+    }
+}
+
+/// `threads` threads park for good (a flat count); after `idle_s`, the heap grows by
+/// `mib_per_s` for `secs`, in tenths of a second. Prints the onset ("onset NS", monotonic).
+fn leak(threads: usize, idle_s: u64, mib_per_s: u64, secs: u64) {
+    let word = Arc::new(AtomicU32::new(0));
+    for _ in 0..threads {
+        let word = word.clone();
+        std::thread::spawn(move || {
+            while word.load(Ordering::SeqCst) == 0 {
+                futex(&word, libc::FUTEX_WAIT, 0);
+            }
+        });
+    }
+    std::thread::sleep(Duration::from_secs(idle_s));
+    println!("onset {}", monotonic_ns());
+    let mut kept = Vec::new();
+    let start = Instant::now();
+    let mut tenths = 0;
+    while tenths < secs * 10 {
+        tenths += 1;
+        // A tenth of the rate, in 64 KiB blocks.
+        let kib = mib_per_s * 1024 / 10;
+        for _ in 0..kib / 64 {
+            kept.push(vec![1u8; 64 << 10]);
+        }
+        let next = Duration::from_millis(100 * tenths);
+        if let Some(d) = next.checked_sub(start.elapsed()) {
+            std::thread::sleep(d);
+        }
+    }
+}
+
+/// After `idle_s`, `steps` rises of `step_mib` each (within a fraction of a second),
+/// `interval_s` apart; then holds for `hold_s`. Prints each step's time ("step NS").
+fn stairs(idle_s: u64, steps: u64, step_mib: u64, interval_s: u64, hold_s: u64) {
+    std::thread::sleep(Duration::from_secs(idle_s));
+    let mut kept = Vec::new();
+    for i in 0..steps {
+        if i > 0 {
+            std::thread::sleep(Duration::from_secs(interval_s));
+        }
+        println!("step {}", monotonic_ns());
+        grow_heap(&mut kept, step_mib);
+    }
+    std::thread::sleep(Duration::from_secs(hold_s));
+}
+
+/// Warms up: `mib` MiB over the first second, then holds for `hold_s` (a healthy plateau).
+fn warmup(mib: u64, hold_s: u64) {
+    let mut kept = Vec::new();
+    for _ in 0..10 {
+        grow_heap(&mut kept, mib / 10);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(hold_s));
+}
+
+/// Maps, writes and unmaps `mib` MiB every 20 ms for `secs` (heavy churn at a flat level).
+fn churn(mib: usize, secs: u64) {
+    let len = mib << 20;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(secs) {
+        // SAFETY: an anonymous private mapping, written within its length, then unmapped.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert!(p != libc::MAP_FAILED, "mmap");
+            for off in (0..len).step_by(4096) {
+                *(p as *mut u8).add(off) = 1;
+            }
+            libc::munmap(p, len);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -366,10 +466,27 @@ fn main() {
         Some("exec-thread") => exec_from_thread(),
         Some("bench") => bench(&args[1], arg(&args, 2, "iterations")),
         Some("hold") => hold(arg(&args, 1, "threads")),
+        Some("leak") => leak(
+            arg(&args, 1, "threads"),
+            arg(&args, 2, "idle secs"),
+            arg(&args, 3, "MiB/s"),
+            arg(&args, 4, "secs"),
+        ),
+        Some("stairs") => stairs(
+            arg(&args, 1, "idle secs"),
+            arg(&args, 2, "steps"),
+            arg(&args, 3, "step MiB"),
+            arg(&args, 4, "interval secs"),
+            arg(&args, 5, "hold secs"),
+        ),
+        Some("warmup") => warmup(arg(&args, 1, "MiB"), arg(&args, 2, "hold secs")),
+        Some("churn") => churn(arg(&args, 1, "MiB"), arg(&args, 2, "secs")),
         _ => {
             eprintln!(
                 "usage: workload park N MS | stopped-park PARK_MS STOP_MS AFTER_MS | mmap K | brk STEPS BYTES | poll N MS | \
-                 children SPAWNS FORKS | oom CGROUP_DIR | rename NAME [HOLD_MS] | bench LOOP ITERS | hold N"
+                 children SPAWNS FORKS | oom CGROUP_DIR | rename NAME [HOLD_MS] | bench LOOP ITERS | hold N | \
+                 leak THREADS IDLE_S MIB_PER_S SECS | stairs IDLE_S STEPS STEP_MIB INTERVAL_S HOLD_S | \
+                 warmup MIB HOLD_S | churn MIB SECS"
             );
             std::process::exit(2);
         }

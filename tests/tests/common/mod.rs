@@ -57,6 +57,27 @@ pub fn tracer_bin() -> PathBuf {
     bin
 }
 
+/// Debian's CPython, which the interpreter tests run.
+pub const PYTHON: &str = "/usr/bin/python3.11";
+
+/// An interpreter's path, checked: missing, the test fails saying what installs it.
+pub fn interpreter(path: &str) -> &str {
+    assert!(
+        std::path::Path::new(path).is_file(),
+        "{path} is missing: this test runs Debian's interpreter (`cargo xtask setup` installs it)"
+    );
+    path
+}
+
+/// The traced process running `exe` (a path ending).
+pub fn process_of<'a>(t: &'a Traced, exe: &str) -> &'a ProcessSummary {
+    t.report
+        .processes
+        .iter()
+        .find(|p| p.exe.as_deref().is_some_and(|e| e.ends_with(exe)))
+        .unwrap_or_else(|| panic!("no traced process runs {exe}"))
+}
+
 pub fn workload() -> &'static str {
     env!("CARGO_BIN_EXE_workload")
 }
@@ -165,9 +186,14 @@ pub fn stderr_of(o: &Output) -> String {
 
 /// `tracer record -o <tmp> --sample-ms 100 <extra> -- <cmd>`, checked for losses and probes.
 pub fn record(extra: &[&str], cmd: &[&str]) -> Traced {
+    record_sampled("100", extra, cmd)
+}
+
+/// `record` with another sample interval (ms).
+pub fn record_sampled(sample_ms: &str, extra: &[&str], cmd: &[&str]) -> Traced {
     require_root();
     let path = temp_path("trace.trc");
-    let extra: Vec<&str> = ["--sample-ms", "100"]
+    let extra: Vec<&str> = ["--sample-ms", sample_ms]
         .into_iter()
         .chain(extra.iter().copied())
         .collect();

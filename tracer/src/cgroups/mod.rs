@@ -55,7 +55,12 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
 
 /// Where the v1 memory controller is mounted, if it is on v1.
 pub fn memory_v1_mount() -> Option<PathBuf> {
-    mount_where(|fstype, opts| fstype == "cgroup" && opts.split(',').any(|o| o == "memory"))
+    v1_mount("memory")
+}
+
+/// Where a v1 controller is mounted, if it is on v1.
+fn v1_mount(controller: &str) -> Option<PathBuf> {
+    mount_where(|fstype, opts| fstype == "cgroup" && opts.split(',').any(|o| o == controller))
 }
 
 fn mount_where(want: impl Fn(&str, &str) -> bool) -> Option<PathBuf> {
@@ -75,6 +80,10 @@ fn mount_where(want: impl Fn(&str, &str) -> bool) -> Option<PathBuf> {
 pub struct Mounts {
     pub v2: Option<PathBuf>,
     pub memory: Option<PathBuf>,
+    /// The v1 pids controller, when it is on v1. Events do not carry its id: the pids limit
+    /// of a v1 memory cgroup is read at the same path here (container runtimes and systemd
+    /// name a container's cgroup alike in every v1 hierarchy).
+    pub pids: Option<PathBuf>,
 }
 
 impl Mounts {
@@ -82,6 +91,7 @@ impl Mounts {
         let m = Self {
             v2: cgroup2_mount(),
             memory: memory_v1_mount(),
+            pids: v1_mount("pids"),
         };
         if m.v2.is_none() && m.memory.is_none() {
             tracing::warn!("no cgroup hierarchy mounted: jobs will show as cgroup ids");
@@ -228,7 +238,7 @@ pub struct Limits {
     /// v1 `memory.limit_in_bytes` or v2 `memory.max`, in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_max: Option<u64>,
-    /// v2 `pids.max`.
+    /// `pids.max` (v2, or v1's at the memory cgroup's path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids_max: Option<u64>,
 }
@@ -281,10 +291,10 @@ impl Lookup {
             self.node.enrich(&mut j);
             j
         });
-        let limits = match (self.mounts.root(key.hierarchy), &path) {
-            (Some(root), Some(p)) => Limits::read(&root.join(p.trim_start_matches('/'))),
-            _ => Limits::default(),
-        };
+        let limits = path
+            .as_deref()
+            .map(|p| self.limits(key.hierarchy, p))
+            .unwrap_or_default();
         Resolved {
             key,
             path,
@@ -294,23 +304,61 @@ impl Lookup {
     }
 }
 
+impl Lookup {
+    /// The limits of the cgroup at `path` of hierarchy `h`.
+    pub fn limits(&self, h: Hierarchy, path: &str) -> Limits {
+        let rel = path.trim_start_matches('/');
+        let Some(root) = self.mounts.root(h) else {
+            return Limits::default();
+        };
+        let mut l = Limits::read(&root.join(rel));
+        if h == Hierarchy::Memory
+            && l.pids_max.is_none()
+            && let Some(pids) = &self.mounts.pids
+        {
+            l.pids_max = Limits::read(&pids.join(rel)).pids_max;
+        }
+        l
+    }
+}
+
+/// What the resolver thread is asked.
+enum Request {
+    /// Find a key's path, job and limits.
+    Resolve(CgroupKey),
+    /// Re-read the limits of a known cgroup (they may be raised or lowered while it runs).
+    Limits(CgroupKey, String),
+}
+
+/// What it answers.
+pub enum Answer {
+    Resolved(Box<Resolved>),
+    Limits(CgroupKey, Limits),
+}
+
 /// The resolver thread, and the channels to it.
 pub struct Resolver {
-    requests: mpsc::Sender<CgroupKey>,
-    answers: mpsc::Receiver<Resolved>,
+    requests: mpsc::Sender<Request>,
+    answers: mpsc::Receiver<Answer>,
     /// Keys asked and not answered yet (each is asked once at a time).
     pending: std::collections::HashSet<CgroupKey>,
 }
 
 impl Resolver {
     pub fn start(mut lookup: Lookup) -> std::io::Result<Self> {
-        let (req_tx, req_rx) = mpsc::channel::<CgroupKey>();
+        let (req_tx, req_rx) = mpsc::channel::<Request>();
         let (ans_tx, ans_rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("cgroup-resolver".into())
             .spawn(move || {
-                for key in req_rx {
-                    if ans_tx.send(lookup.resolve(key)).is_err() {
+                for req in req_rx {
+                    let a = match req {
+                        Request::Resolve(key) => Answer::Resolved(Box::new(lookup.resolve(key))),
+                        Request::Limits(key, path) => {
+                            Answer::Limits(key, lookup.limits(key.hierarchy, &path))
+                        }
+                    };
+                    if ans_tx.send(a).is_err() {
                         break;
                     }
                 }
@@ -324,31 +372,40 @@ impl Resolver {
 
     /// Asks for a key unless it is being resolved already.
     pub fn ask(&mut self, key: CgroupKey) {
-        if self.pending.insert(key) && self.requests.send(key).is_err() {
+        if self.pending.insert(key) && self.requests.send(Request::Resolve(key)).is_err() {
             self.pending.remove(&key);
         }
     }
 
+    /// Asks for the limits of a known cgroup to be read again.
+    pub fn refresh(&mut self, key: CgroupKey, path: String) {
+        let _ = self.requests.send(Request::Limits(key, path));
+    }
+
     /// The answers that arrived, without waiting.
-    pub fn answers(&mut self) -> Vec<Resolved> {
-        let v: Vec<Resolved> = self.answers.try_iter().collect();
-        for r in &v {
-            self.pending.remove(&r.key);
+    pub fn answers(&mut self) -> Vec<Answer> {
+        let v: Vec<Answer> = self.answers.try_iter().collect();
+        for a in &v {
+            if let Answer::Resolved(r) = a {
+                self.pending.remove(&r.key);
+            }
         }
         v
     }
 
     /// Waits up to `max` for every pending answer (the end of a session: short-lived
     /// processes get their job in the file too).
-    pub fn settle(&mut self, max: Duration) -> Vec<Resolved> {
+    pub fn settle(&mut self, max: Duration) -> Vec<Answer> {
         let deadline = Instant::now() + max;
         let mut v = self.answers();
         while !self.pending.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.answers.recv_timeout(left) {
-                Ok(r) => {
-                    self.pending.remove(&r.key);
-                    v.push(r);
+                Ok(a) => {
+                    if let Answer::Resolved(r) = &a {
+                        self.pending.remove(&r.key);
+                    }
+                    v.push(a);
                 }
                 Err(_) => break,
             }

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 
 use serde_json::json;
 
-use super::{Detectors, Finding, mib, secs};
+use super::{Detectors, Finding, lost_note, mib, secs};
 use crate::model::Model;
 
 /// Deaths of one job remembered (the newest).
@@ -82,9 +82,10 @@ pub(super) fn run(d: &mut Detectors, model: &Model, ts: u64) {
                 .finished_raw(x.pid)
                 .and_then(|s| model.memory_limit(s))
         });
+        let lost = d.lost_since(first);
         let summary = format!(
             "{} deaths of {} in {} ({ooms} OOM kills), one every {}; each lived ~{} and grew to \
-             {} at ~{}/s{}",
+             {} at ~{}/s{}{}",
             v.len(),
             job,
             secs(span),
@@ -92,10 +93,10 @@ pub(super) fn run(d: &mut Detectors, model: &Model, ts: u64) {
             secs(lived),
             mib(peak),
             mib(rate.max(0.0) as u64),
-            limit.map_or_else(String::new, |l| format!(" (limit {})", mib(l)))
+            limit.map_or_else(String::new, |l| format!(" (limit {})", mib(l))),
+            lost_note(lost),
         );
-        let mut evidence = serde_json::Map::new();
-        for (k, val) in [
+        let evidence = super::evidence([
             ("deaths", json!(v.len())),
             ("oom_kills", json!(ooms)),
             ("span_ns", json!(span)),
@@ -112,21 +113,19 @@ pub(super) fn run(d: &mut Detectors, model: &Model, ts: u64) {
             ("lived_mean_ns", json!(lived)),
             ("growth_bytes_per_s", json!(rate as i64)),
             ("memory_limit_bytes", json!(limit)),
-        ] {
-            evidence.insert(k.to_owned(), val);
-        }
+        ]);
         let f = Finding {
-            kind: "crash_loop".into(),
-            pid: None,
-            job: job.clone(),
-            since_ns: first,
-            since_unix: d.unix(first),
             last_ns: last,
-            detected_ns: ts,
-            state: "active".into(),
-            summary,
-            evidence,
-            lost_events: d.lost_since(first),
+            ..d.raised(
+                "crash_loop",
+                None,
+                job.clone(),
+                first,
+                ts,
+                summary,
+                evidence,
+                lost,
+            )
         };
         let key = ("crash_loop", crate::detect::job_key(&job), 0);
         d.upsert(key, f);

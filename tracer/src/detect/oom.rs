@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use super::{Detectors, Finding, mib};
+use super::{Detectors, lost_note, mib};
 use tracer_common::{OOM_PID_ONLY, OomEvent};
 
 use crate::model::Model;
@@ -34,8 +34,9 @@ pub(super) fn run(d: &mut Detectors, model: &Model, e: &OomEvent, ts: u64) {
         (dt > 0).then(|| ((rss as f64 - first.rss as f64) / (dt as f64 / 1e9)) as i64)
     });
     let job = model.job_name(s);
+    let lost = d.lost_since(ts.saturating_sub(GROWTH_WINDOW_NS));
     let summary = format!(
-        "{} (pid {}) in {} was OOM-killed at {}{}{}",
+        "{} (pid {}) in {} was OOM-killed at {}{}{}{}",
         s.comm,
         s.pid,
         job,
@@ -44,31 +45,26 @@ pub(super) fn run(d: &mut Detectors, model: &Model, e: &OomEvent, ts: u64) {
         rate.map_or_else(String::new, |r| format!(
             ", growing {}/s before the kill",
             mib(r.max(0) as u64)
-        ))
+        )),
+        lost_note(lost),
     );
-    let mut evidence = serde_json::Map::new();
-    for (k, v) in [
+    let evidence = super::evidence([
         ("victim_pid", json!(s.pid)),
         ("victim_comm", json!(s.comm)),
         ("rss_bytes", json!(rss)),
         ("memory_limit_bytes", json!(limit)),
         ("growth_bytes_per_s", json!(rate)),
-    ] {
-        evidence.insert(k.to_owned(), v);
-    }
-    let f = Finding {
-        kind: "oom_kill".into(),
-        pid: Some(s.pid),
+    ]);
+    let f = d.raised(
+        "oom_kill",
+        Some(s.pid),
         job,
-        since_ns: ts,
-        since_unix: d.unix(ts),
-        last_ns: ts,
-        detected_ns: ts,
-        state: "active".into(),
+        ts,
+        ts,
         summary,
         evidence,
-        lost_events: d.lost_since(ts.saturating_sub(GROWTH_WINDOW_NS)),
-    };
+        lost,
+    );
     // One finding per kill: keyed by the kill time.
     d.upsert(("oom_kill", s.pid, ts), f);
     d.open.remove(&("oom_kill", s.pid, ts));

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use super::{Detectors, Finding, Sample, mib, secs};
+use super::{Detectors, Sample, lost_note, mib, secs};
 use crate::model::Model;
 
 /// Whether the live count rose over the window without falling back much: at least 3/4 of the
@@ -99,14 +99,9 @@ pub(super) fn run(d: &mut Detectors, model: &Model, ts: u64) {
             mib(growth.unsigned_abs()),
             if mapped >= 0 { "+" } else { "-" },
             mib(mapped.unsigned_abs()),
-            if lost > 0 {
-                format!(" ({lost} events lost: counts are lower bounds)")
-            } else {
-                String::new()
-            }
+            lost_note(lost)
         );
-        let mut evidence = serde_json::Map::new();
-        for (k, v) in [
+        let evidence = super::evidence([
             ("window_ns", json!(span)),
             ("live_start", json!(first.live)),
             ("live_end", json!(last.live)),
@@ -121,22 +116,17 @@ pub(super) fn run(d: &mut Detectors, model: &Model, ts: u64) {
             ("top_site_threads", json!(site.as_ref().map(|s| s.1))),
             ("rss_growth_bytes", json!(growth)),
             ("mapped_growth_bytes", json!(mapped)),
-        ] {
-            evidence.insert(k.to_owned(), v);
-        }
-        let f = Finding {
-            kind: "runaway_threads".into(),
-            pid: Some(pid),
-            job: model.job_name(sum),
-            since_ns: onset,
-            since_unix: d.unix(onset),
-            last_ns: ts,
-            detected_ns: ts,
-            state: "active".into(),
+        ]);
+        let f = d.raised(
+            "runaway_threads",
+            Some(pid),
+            model.job_name(sum),
+            onset,
+            ts,
             summary,
             evidence,
-            lost_events: lost,
-        };
+            lost,
+        );
         d.upsert(key, f);
     }
 }

@@ -94,10 +94,7 @@ impl Model {
             let s = &p.sum;
             let mapped = (s.mmap_bytes + s.mremap_grow_bytes)
                 .saturating_sub(s.munmap_bytes + s.mremap_shrink_bytes);
-            let heap = match (p.brk, p.brk_start) {
-                (Some(b), Some(start)) => b.saturating_sub(start),
-                _ => 0,
-            };
+            let heap = s.heap_bytes;
             let pt = Point {
                 t_s,
                 rss_kib: kib(s.rss_bytes),

@@ -20,7 +20,8 @@ pub use thread::{Creator, Thread};
 
 use serde::Serialize;
 use tracer_common::{
-    CLONE_THREAD, EventHeader, GROUP_DEAD_UNKNOWN, GROUP_DEAD_YES, RSS_MEMBERS, RSS_SWAP,
+    CLONE_THREAD, EventHeader, GROUP_DEAD_UNKNOWN, GROUP_DEAD_YES, RSS_ANON, RSS_FILE, RSS_MEMBERS,
+    RSS_SHMEM, RSS_SWAP,
 };
 
 use crate::{
@@ -89,6 +90,12 @@ pub struct ProcessSummary {
     pub brk_shrink_bytes: u64,
     pub rss_bytes: u64,
     pub rss_peak_bytes: u64,
+    /// RSS by kind: anonymous pages (heap, anonymous mmap, stacks) and file-backed and shared
+    /// pages.
+    pub rss_anon_bytes: u64,
+    pub rss_file_bytes: u64,
+    /// The brk heap's size now (break minus heap start), when both are known; else 0.
+    pub heap_bytes: u64,
     /// Events were lost in the kernel while this process was traced: its counts are lower
     /// bounds, its live threads were re-read from /proc, and its thread peak is the one from
     /// before the loss (or the re-read count).
@@ -222,6 +229,17 @@ impl Process {
             .sum();
         self.sum.rss_bytes = total as u64;
         self.sum.rss_peak_bytes = self.sum.rss_peak_bytes.max(self.sum.rss_bytes);
+        self.sum.rss_anon_bytes = self.rss[RSS_ANON as usize].max(0) as u64;
+        self.sum.rss_file_bytes =
+            (self.rss[RSS_FILE as usize].max(0) + self.rss[RSS_SHMEM as usize].max(0)) as u64;
+    }
+
+    /// Keeps `heap_bytes` true after the break or its start changed.
+    fn update_heap(&mut self) {
+        self.sum.heap_bytes = match (self.brk, self.brk_start) {
+            (Some(b), Some(start)) => b.saturating_sub(start),
+            _ => 0,
+        };
     }
 }
 
@@ -321,21 +339,74 @@ impl Model {
         self.cgroups.insert(key, (path, job));
     }
 
-    /// A cgroup's limits, as read when it was resolved.
+    /// A cgroup's limits, as read when it was resolved or re-read since (none: forgotten).
     pub fn set_limits(&mut self, key: CgroupKey, limits: crate::cgroups::Limits) {
         if limits != Default::default() {
             self.limits.insert(key, limits);
+        } else {
+            self.limits.remove(&key);
         }
+    }
+
+    /// The limits of a cgroup, if it sets any.
+    pub fn limits(&self, key: CgroupKey) -> Option<&crate::cgroups::Limits> {
+        self.limits.get(&key)
+    }
+
+    /// The path of a cgroup, if resolved.
+    pub fn cgroup_path(&self, key: CgroupKey) -> Option<&str> {
+        self.cgroups.get(&key).map(|c| c.0.as_str())
+    }
+
+    /// The cgroup whose `limit` applies to a process, and the limit: its v1 memory cgroup's
+    /// (on v1 and hybrid hosts), else its v2 cgroup's.
+    pub fn limit_over(
+        &self,
+        s: &ProcessSummary,
+        limit: impl Fn(&crate::cgroups::Limits) -> Option<u64>,
+    ) -> Option<(CgroupKey, u64)> {
+        [
+            (Hierarchy::Memory, s.memcg_id),
+            (Hierarchy::V2, s.cgroup_id),
+        ]
+        .into_iter()
+        .filter(|(_, id)| *id != 0)
+        .find_map(|(hierarchy, id)| {
+            let key = CgroupKey { hierarchy, id };
+            self.limits.get(&key).and_then(&limit).map(|l| (key, l))
+        })
+    }
+
+    /// The keys of the resolved cgroups that live processes are in (whose limits the
+    /// collector re-reads).
+    pub fn live_cgroups(&self) -> Vec<(CgroupKey, String)> {
+        let mut keys: Vec<CgroupKey> = self
+            .procs
+            .values()
+            .flat_map(|p| {
+                [
+                    CgroupKey {
+                        hierarchy: Hierarchy::V2,
+                        id: p.sum.cgroup_id,
+                    },
+                    CgroupKey {
+                        hierarchy: Hierarchy::Memory,
+                        id: p.sum.memcg_id,
+                    },
+                ]
+            })
+            .filter(|k| k.id != 0)
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys.into_iter()
+            .filter_map(|k| self.cgroups.get(&k).map(|c| (k, c.0.clone())))
+            .collect()
     }
 
     /// The memory limit over a process: of its v1 memory cgroup, else its v2 cgroup.
     pub fn memory_limit(&self, s: &ProcessSummary) -> Option<u64> {
-        let of = |hierarchy, id| {
-            self.limits
-                .get(&CgroupKey { hierarchy, id })
-                .and_then(|l| l.memory_max)
-        };
-        of(Hierarchy::Memory, s.memcg_id).or_else(|| of(Hierarchy::V2, s.cgroup_id))
+        self.limit_over(s, |l| l.memory_max).map(|l| l.1)
     }
 
     /// The job name of a process (without building its whole summary).
@@ -427,6 +498,7 @@ impl Model {
         }
         p.brk = s.brk;
         p.brk_start = s.start_brk;
+        p.update_heap();
         p.sum.rss_bytes = s.rss_bytes;
         p.sum.rss_peak_bytes = s.rss_bytes;
         self.replace(s.pid, p, ts);
@@ -606,9 +678,12 @@ impl Model {
                 // A new program gets a new address space and break.
                 p.brk = None;
                 p.brk_start = None;
+                p.update_heap();
                 p.rss = [0; RSS_MEMBERS];
                 p.sum.rss_bytes = 0;
                 p.sum.rss_peak_bytes = 0;
+                p.sum.rss_anon_bytes = 0;
+                p.sum.rss_file_bytes = 0;
             }
             Event::Rename(e) => {
                 // A process's name is its main thread's. The header's cgroup is the renamer's,
@@ -684,6 +759,7 @@ impl Model {
                     }
                 }
                 p.brk = Some(e.addr);
+                p.update_heap();
             }
             Event::Rss(e) => {
                 let member = e.member as usize;

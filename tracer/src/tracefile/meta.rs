@@ -8,7 +8,7 @@ use crate::cgroups::{Hierarchy, JobInfo, Limits};
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Meta {
-    Start(StartInfo),
+    Start(Box<StartInfo>),
     /// A process that existed when tracing started.
     Process(ProcessSeed),
     /// The path of a cgroup id and the job it is, written when the resolver found it (after
@@ -25,6 +25,14 @@ pub enum Meta {
         job: Option<Box<JobInfo>>,
         /// Its memory and pids limits when it was resolved (absent: none, or older files).
         #[serde(default)]
+        limits: Limits,
+    },
+    /// A cgroup's limits, re-read and found changed (raised, lowered or removed) since its
+    /// `Cgroup` record or the last of these.
+    Limits {
+        ts_ns: u64,
+        id: u64,
+        hierarchy: Hierarchy,
         limits: Limits,
     },
     /// Threads blocked right now, per process, read from the kernel's `WAIT_SLOTS` array.
@@ -83,6 +91,14 @@ pub struct StartInfo {
     /// default); a report uses the same, so it finds what the live collector found.
     #[serde(default)]
     pub runaway_window_ns: u64,
+    /// Every threshold and window the recording's detectors used (absent in older files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detect: Option<Box<crate::detect::DetectConfig>>,
+    /// The host's `kernel.pid_max` and `kernel.threads-max` when tracing started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_max: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads_max: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
