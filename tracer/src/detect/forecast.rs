@@ -196,11 +196,7 @@ pub(super) fn run(d: &mut Detectors, model: &Model, ts: u64) {
         let pid = top
             .filter(|&(_, g)| g > 0 && g as f64 * 2.0 >= rise)
             .map(|(k, _)| k.0);
-        let member = top.and_then(|(k, _)| {
-            model
-                .live_raw()
-                .find(|s| s.pid == k.0 && s.first_seen_ns == k.1)
-        });
+        let member = top.and_then(|(k, _)| model.live_process(k.0, k.1));
         let job = match (t.cgroup, member) {
             (None, _) => "host".to_owned(),
             (Some(_), Some(s)) => model.job_name(s),

@@ -279,12 +279,35 @@ fn series_points(model: &Model, s: &ProcessSummary) -> Vec<MemPoint> {
 pub(super) fn run(d: &mut Detectors, model: &Model, ts: u64) {
     let keys: Vec<(u32, u64)> = d.history.keys().copied().collect();
     for (pid, born) in keys {
-        let Some(s) = model
-            .live_raw()
-            .find(|s| s.pid == pid && s.first_seen_ns == born)
-        else {
+        let Some(s) = model.live_process(pid, born) else {
             continue;
         };
+        // Most processes' memory stays put: unless it moved by half the smallest amount a
+        // finding needs, on either scale, and no finding is open, there is nothing to fit.
+        let quiet = d.cfg.leak_min_growth_bytes.min(d.cfg.bloat_step_bytes) / 2;
+        let moved = |it: &mut dyn Iterator<Item = (u64, u64)>| {
+            let (mut lo, mut hi) = ((u64::MAX, u64::MAX), (0, 0));
+            for (r, m) in it {
+                (lo, hi) = ((lo.0.min(r), lo.1.min(m)), (hi.0.max(r), hi.1.max(m)));
+            }
+            hi.0.saturating_sub(lo.0) >= quiet || hi.1.saturating_sub(lo.1) >= quiet
+        };
+        let open = d.open.contains_key(&("memory_leak", pid, born))
+            || d.open.contains_key(&("memory_bloat", pid, born));
+        let series = model.series.procs.get(&(pid, born));
+        if !open
+            && !moved(&mut d.history[&(pid, born)].iter().map(|x| (x.rss, x.mapped)))
+            && !series.is_some_and(|ser| {
+                moved(
+                    &mut ser
+                        .fine
+                        .iter()
+                        .map(|p| (u64::from(p.rss_kib) << 10, u64::from(p.mapped_kib) << 10)),
+                )
+            })
+        {
+            continue;
+        }
         let short: Vec<MemPoint> = d.history[&(pid, born)].iter().map(MemPoint::from).collect();
         let long = series_points(model, s);
         run_leak(d, model, s, &short, &long, ts);

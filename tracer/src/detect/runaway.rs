@@ -62,10 +62,7 @@ pub(super) fn run(d: &mut Detectors, model: &Model, ts: u64) {
             i += 1;
         }
         let onset = all[i].ts;
-        let Some(sum) = model
-            .live_raw()
-            .find(|s| s.pid == pid && s.first_seen_ns == born)
-        else {
+        let Some(sum) = model.live_process(pid, born) else {
             continue;
         };
         let (new_alive, mut parks, polling) = model.threads_born_since(pid, first.ts);

@@ -419,6 +419,14 @@ impl Model {
         self.procs.values().map(|p| &p.sum)
     }
 
+    /// The live process `pid`, if it is the one first seen at `born` (not a reuse of its pid).
+    pub fn live_process(&self, pid: u32, born: u64) -> Option<&ProcessSummary> {
+        self.procs
+            .get(&pid)
+            .map(|p| &p.sum)
+            .filter(|s| s.first_seen_ns == born)
+    }
+
     /// The summaries of processes that ended since sequence number `seq` (0: all kept), and the
     /// sequence number to ask from next time.
     pub fn finished_since(&self, seq: u64) -> (u64, Vec<&ProcessSummary>) {
