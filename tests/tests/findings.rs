@@ -282,3 +282,32 @@ fn threads_heading_for_pids_max_are_forecast_and_resolve_when_the_limit_is_raise
     );
     assert_eq!(t.report.findings_match_live, Some(true));
 }
+
+#[test]
+fn a_worker_forking_a_process_per_message_is_a_job_level_runaway() {
+    // A process per message (each one thread), 10 a second for 8 s, each living 12 s: no
+    // process rises, the job does.
+    let t = record(
+        &["--runaway-window-secs", WINDOW],
+        &[workload(), "forks", "80", "10", "12"],
+    );
+    assert_eq!(t.status, 0, "{}", t.stderr());
+    let f = findings_of(&t, "runaway_threads");
+    assert_eq!(f.len(), 1, "{:#?}", t.report.findings);
+    let f = f[0];
+    // The parent and its 80 children, all in the job.
+    let procs: Vec<_> = t
+        .report
+        .processes
+        .iter()
+        .filter(|p| p.comm == "workload")
+        .collect();
+    assert_eq!(procs.len(), 81, "{procs:#?}");
+    assert_eq!((f.pid, f.job.as_str()), (None, procs[0].job.as_str()));
+    let e = &f.evidence;
+    assert!(e["processes_end"].as_u64().unwrap() >= 20, "{e:#?}");
+    assert!(e["created"].as_u64().unwrap() >= 20, "{e:#?}");
+    assert_eq!(e["exited"], 0, "{e:#?}");
+    assert!(f.detected_ns - f.since_ns <= 6_000_000_000, "{f:#?}");
+    assert_eq!(t.report.findings_match_live, Some(true));
+}

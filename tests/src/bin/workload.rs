@@ -214,6 +214,30 @@ fn children(spawns: usize, forks: usize) -> ! {
     std::process::exit(7)
 }
 
+/// A process per message: `count` fork()ed children, `rate` a second, each sleeping `hold_s`
+/// and exiting; then waits for them.
+fn forks(count: usize, rate: u64, hold_s: u64) {
+    let mut kids = Vec::new();
+    for _ in 0..count {
+        // SAFETY: the child only sleeps and calls _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            unsafe {
+                libc::sleep(hold_s as u32);
+                libc::_exit(0)
+            };
+        }
+        kids.push(pid);
+        std::thread::sleep(Duration::from_millis(1000 / rate));
+    }
+    for pid in kids {
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+    }
+}
+
 /// A non-main thread execs /bin/true: the kernel kills the other threads and the exec'ing
 /// thread takes over the process id.
 fn exec_from_thread() -> ! {
@@ -481,12 +505,17 @@ fn main() {
         ),
         Some("warmup") => warmup(arg(&args, 1, "MiB"), arg(&args, 2, "hold secs")),
         Some("churn") => churn(arg(&args, 1, "MiB"), arg(&args, 2, "secs")),
+        Some("forks") => forks(
+            arg(&args, 1, "count"),
+            arg(&args, 2, "rate"),
+            arg(&args, 3, "hold secs"),
+        ),
         _ => {
             eprintln!(
                 "usage: workload park N MS | stopped-park PARK_MS STOP_MS AFTER_MS | mmap K | brk STEPS BYTES | poll N MS | \
                  children SPAWNS FORKS | oom CGROUP_DIR | rename NAME [HOLD_MS] | bench LOOP ITERS | hold N | \
                  leak THREADS IDLE_S MIB_PER_S SECS | stairs IDLE_S STEPS STEP_MIB INTERVAL_S HOLD_S | \
-                 warmup MIB HOLD_S | churn MIB SECS"
+                 warmup MIB HOLD_S | churn MIB SECS | forks COUNT RATE HOLD_S"
             );
             std::process::exit(2);
         }

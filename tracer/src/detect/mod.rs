@@ -179,6 +179,8 @@ pub struct Detectors {
     /// The stairs of each open bloat finding, as found (steps age out of the history; the
     /// finding keeps them).
     bloats: HashMap<(u32, u64), memory::Bloat>,
+    /// Jobs' threads, for job-level runaways.
+    jobs: runaway::JobTracks,
     forecasts: HashMap<forecast::Target, (&'static str, u32, u64)>,
     pub host_limits: HostLimits,
 }
@@ -202,6 +204,7 @@ impl Detectors {
             deaths: HashMap::new(),
             tracks: HashMap::new(),
             bloats: HashMap::new(),
+            jobs: Default::default(),
             forecasts: HashMap::new(),
             host_limits: HostLimits::default(),
         }
@@ -302,6 +305,7 @@ impl Detectors {
             .keys()
             .filter(|k| {
                 matches!(k.0, "runaway_threads" | "memory_leak" | "memory_bloat")
+                    && k.2 != runaway::JOB_FINDING
                     && !seen.contains(&(k.1, k.2))
             })
             .copied()
@@ -310,6 +314,7 @@ impl Detectors {
             self.resolve(k, ts);
         }
         runaway::run(self, model, ts);
+        runaway::run_jobs(self, model, ts);
         memory::run(self, model, ts);
         forecast::run(self, model, ts);
         crash::run(self, model, ts);
@@ -764,6 +769,37 @@ mod tests {
         assert_eq!((f.pid, f.job.as_str()), (Some(100), "host"));
         assert_eq!(f.evidence["limit_source"], "kernel.threads-max");
         assert_eq!(f.evidence["resource"], "threads");
+    }
+
+    #[test]
+    fn a_job_forking_a_process_per_message_is_a_job_level_runaway() {
+        // A parent forks a child a second from 10 s; the children never exit.
+        let d = drive(40, |s| {
+            let mut v = vec![thread(s * SEC, 100, 100)];
+            if s > 10 {
+                let pid = 500 + s as u32;
+                v.push(Event::NewTask(NewTaskEvent {
+                    hdr: hdr(EventKind::NewTask, s * SEC, 100, 100),
+                    clone_flags: 0,
+                    child_tid: pid,
+                    child_tgid: pid,
+                    comm: [0; 16],
+                }));
+            }
+            v
+        });
+        assert_eq!(
+            kinds(&d),
+            [("runaway_threads", "active")],
+            "{:#?}",
+            d.findings
+        );
+        let f = &d.findings[0];
+        assert_eq!(f.pid, None, "job-level");
+        assert!(f.since_ns.abs_diff(10 * SEC) <= SEC, "{}", f.since_ns);
+        assert_eq!(f.evidence["exited"], 0);
+        assert!(f.evidence["processes_end"].as_u64().unwrap() > 10);
+        assert!(f.summary.contains("across"), "{}", f.summary);
     }
 
     #[test]

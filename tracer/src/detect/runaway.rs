@@ -1,6 +1,8 @@
 //! `runaway_threads`: a process whose live threads keep rising, with births far above deaths,
 //! over the window. A fixed pool (busy, idle, recycling) keeps its count flat: no finding.
 
+use std::collections::{HashMap, HashSet, VecDeque};
+
 use serde_json::json;
 
 use super::{Detectors, Sample, lost_note, mib, secs};
@@ -118,6 +120,211 @@ pub(super) fn run(d: &mut Detectors, model: &Model, ts: u64) {
             "runaway_threads",
             Some(pid),
             model.job_name(sum),
+            onset,
+            ts,
+            summary,
+            evidence,
+            lost,
+        );
+        d.upsert(key, f);
+    }
+}
+
+/// A job's live threads and its cumulative births and deaths of threads, at a sample.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct JobSample {
+    pub ts: u64,
+    pub live: u64,
+    pub births: u64,
+    pub deaths: u64,
+    pub processes: u64,
+    pub rss: u64,
+}
+
+/// Per job: its samples over the history, and what each of its processes had at the last one.
+#[derive(Default)]
+pub(super) struct JobTracks {
+    jobs: HashMap<String, VecDeque<JobSample>>,
+    /// Per live process: (its job, threads created, exited, live) at the last sample.
+    last: HashMap<(u32, u64), (String, u64, u64, u64)>,
+    /// The newest cumulative births and deaths per job.
+    totals: HashMap<String, (u64, u64)>,
+}
+
+/// The key of a job-level runaway among open findings (a process key's second half is never
+/// `u64::MAX`: it is a time).
+pub(super) const JOB_FINDING: u64 = u64::MAX;
+
+/// `runaway_threads` for a job: its live threads keep rising, with births far above deaths,
+/// spread over its processes (a process that holds most of the rise has its own finding): a
+/// worker that forks a process per message, or many processes each leaking a little.
+pub(super) fn run_jobs(d: &mut Detectors, model: &Model, ts: u64) {
+    let keep = d.cfg.history_ns();
+    let window = d.cfg.runaway_window_ns;
+    let mut now: HashMap<String, JobSample> = HashMap::new();
+    let mut seen = HashSet::new();
+    let mut moved: HashMap<String, (u64, u64)> = HashMap::new();
+    let mut top: HashMap<String, u64> = HashMap::new();
+    for s in model.live_raw() {
+        let key = (s.pid, s.first_seen_ns);
+        seen.insert(key);
+        let job = model.job_name(s);
+        let live = u64::from(s.threads_live);
+        let (b, x) = match d.jobs.last.get(&key) {
+            Some((_, created, exited, _)) => (
+                s.threads_created.saturating_sub(*created),
+                s.threads_exited.saturating_sub(*exited),
+            ),
+            // A process the trace saw start brought its threads with it.
+            None if !s.seeded => (live, 0),
+            None => (0, 0),
+        };
+        let m = moved.entry(job.clone()).or_default();
+        m.0 += b;
+        m.1 += x;
+        // Its rise over the window (the biggest riser of a job is checked below).
+        let rose = d
+            .history
+            .get(&key)
+            .and_then(|h| h.iter().find(|x| x.ts + window >= ts))
+            .map_or(0, |f| live.saturating_sub(f.live));
+        let t = top.entry(job.clone()).or_default();
+        *t = (*t).max(rose);
+        let j = now.entry(job.clone()).or_default();
+        j.live += live;
+        j.processes += 1;
+        j.rss += s.rss_bytes;
+        d.jobs
+            .last
+            .insert(key, (job, s.threads_created, s.threads_exited, live));
+    }
+    // Processes gone since the last sample: their threads died with them.
+    let gone: Vec<(u32, u64)> = d
+        .jobs
+        .last
+        .keys()
+        .filter(|k| !seen.contains(k))
+        .copied()
+        .collect();
+    for k in gone {
+        if let Some((job, _, _, live)) = d.jobs.last.remove(&k) {
+            moved.entry(job).or_default().1 += live;
+        }
+    }
+    d.jobs.jobs.retain(|j, _| now.contains_key(j));
+    d.jobs.totals.retain(|j, _| now.contains_key(j));
+    let mut names: Vec<String> = now.keys().cloned().collect();
+    names.sort();
+    for job in names {
+        let mut sample = now[&job];
+        let (b, x) = moved.get(&job).copied().unwrap_or_default();
+        let t = d.jobs.totals.entry(job.clone()).or_default();
+        t.0 += b;
+        t.1 += x;
+        (sample.ts, sample.births, sample.deaths) = (ts, t.0, t.1);
+        let h = d.jobs.jobs.entry(job.clone()).or_default();
+        h.push_back(sample);
+        while h.front().is_some_and(|f| f.ts + keep < ts) {
+            h.pop_front();
+        }
+        let w: Vec<Sample> = h
+            .iter()
+            .filter(|s| s.ts + window >= ts)
+            .map(|s| Sample {
+                ts: s.ts,
+                live: s.live,
+                created: s.births,
+                exited: s.deaths,
+                rss: s.rss,
+                ..Default::default()
+            })
+            .collect();
+        let key = ("runaway_threads", super::job_key(&job), JOB_FINDING);
+        let (Some(first), Some(last)) = (w.first().copied(), w.last().copied()) else {
+            continue;
+        };
+        let covered = ts - first.ts >= window * 3 / 4;
+        let rise = last.live.saturating_sub(first.live);
+        let births = last.created - first.created;
+        let deaths = last.exited - first.exited;
+        // The rise of its biggest riser: a process with half of it has its own finding.
+        let top_rise = top.get(&job).copied().unwrap_or(0);
+        let first_procs = h
+            .iter()
+            .find(|s| s.ts + window >= ts)
+            .map_or(0, |s| s.processes);
+        let runaway = covered
+            && sample.processes > 1
+            && rise >= d.cfg.runaway_min_rise
+            && top_rise * 2 < rise
+            && births >= d.cfg.runaway_birth_ratio * deaths.max(1)
+            && keeps_rising(&w);
+        if !runaway {
+            if let Some(&i) = d.open.get(&key) {
+                if covered && last.live <= first.live {
+                    d.resolve(key, ts);
+                } else {
+                    d.findings[i].last_ns = ts;
+                }
+            }
+            continue;
+        }
+        // The onset: the start of the rise still going, as for a process.
+        let all: Vec<&JobSample> = h.iter().collect();
+        let mut i = all.len() - 1;
+        while i > 0 && all[i - 1].live <= all[i].live {
+            i -= 1;
+        }
+        while i + 1 < all.len() && all[i + 1].live == all[i].live {
+            i += 1;
+        }
+        let onset = all[i].ts;
+        // Its busiest creating site, over its live processes.
+        let mut sites: HashMap<String, u64> = HashMap::new();
+        for s in model.live_raw().filter(|s| model.job_name(s) == job) {
+            for c in model.creator_sites_of(s.pid) {
+                *sites.entry(c.site).or_default() += c.threads;
+            }
+        }
+        let site = sites
+            .into_iter()
+            .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)));
+        let growth = last.rss as i64 - first.rss as i64;
+        let lost = d.lost_since(first.ts);
+        let span = last.ts - first.ts;
+        let summary = format!(
+            "{} → {} live threads in job {} over {} ({births} created, {deaths} exited), across \
+             {first_procs} → {} processes, none holding half the rise; created at {}; RSS {}{}{}",
+            first.live,
+            last.live,
+            job,
+            secs(span),
+            sample.processes,
+            site.as_ref().map_or_else(
+                || "an unrecorded site".to_owned(),
+                |(s, n)| format!("{s} ({n})")
+            ),
+            if growth >= 0 { "+" } else { "-" },
+            mib(growth.unsigned_abs()),
+            lost_note(lost)
+        );
+        let evidence = super::evidence([
+            ("window_ns", json!(span)),
+            ("live_start", json!(first.live)),
+            ("live_end", json!(last.live)),
+            ("created", json!(births)),
+            ("exited", json!(deaths)),
+            ("processes_start", json!(first_procs)),
+            ("processes_end", json!(sample.processes)),
+            ("top_process_rise", json!(top_rise)),
+            ("top_site", json!(site.as_ref().map(|s| &s.0))),
+            ("top_site_threads", json!(site.as_ref().map(|s| s.1))),
+            ("rss_growth_bytes", json!(growth)),
+        ]);
+        let f = d.raised(
+            "runaway_threads",
+            None,
+            job.clone(),
             onset,
             ts,
             summary,
