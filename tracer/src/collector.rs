@@ -555,7 +555,7 @@ impl Stop {
 /// returns false to stop the session (its output was closed): the file is finished as usual.
 pub async fn run(
     opts: SessionOptions,
-    mut on_sample: impl FnMut(&Model, Duration) -> bool,
+    mut on_sample: impl FnMut(&Engine, Duration) -> bool,
 ) -> anyhow::Result<Outcome> {
     crate::probes::require_privileges()?;
     for &pid in &opts.pids {
@@ -648,7 +648,7 @@ pub async fn run(
     })?;
     s.sink.flush()?;
     if !matches!(stop, Stop::OutputClosed) {
-        on_sample(s.model(), started.elapsed());
+        on_sample(&s.engine, started.elapsed());
     }
     let lost =
         stats.get(Stat::Lost) + stats.get(Stat::WaitMapFull) + stats.get(Stat::FilterMapFull);
@@ -676,7 +676,7 @@ impl Session {
         opts: &SessionOptions,
         mut child_wait: Option<tokio::task::JoinHandle<std::io::Result<i32>>>,
         started: Instant,
-        on_sample: &mut impl FnMut(&Model, Duration) -> bool,
+        on_sample: &mut impl FnMut(&Engine, Duration) -> bool,
     ) -> anyhow::Result<Stop> {
         // The ring buffer map's fd is readable when the kernel forces a wakeup.
         // SAFETY: the fd belongs to `self.probes`, which outlives `rb` (dropped at return).
@@ -708,7 +708,7 @@ impl Session {
                 _ = drain_tick.tick() => self.drain()?,
                 _ = sample_tick.tick() => { self.drain()?; self.sample()?; }
                 _ = print_tick.tick(), if printing => {
-                    if !on_sample(self.model(), started.elapsed()) {
+                    if !on_sample(&self.engine, started.elapsed()) {
                         return Ok(Stop::OutputClosed);
                     }
                 }

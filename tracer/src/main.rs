@@ -257,14 +257,24 @@ fn run() -> anyhow::Result<ExitCode> {
             opts.duration = secs(duration, "--duration")?;
             opts.print_every = secs(Some(every), "--every")?;
             eprintln!("tracing the whole host; Ctrl-C to stop");
-            let outcome = runtime()?.block_on(collector::run(opts, |model, elapsed| {
+            let outcome = runtime()?.block_on(collector::run(opts, |engine, elapsed| {
+                let model = &engine.model;
                 let live = report::live_rows(model);
                 let refs: Vec<_> = live.iter().collect();
+                // What to act on first: the findings open now.
+                let active: Vec<_> = engine
+                    .detectors
+                    .findings
+                    .iter()
+                    .filter(|f| f.state == "active")
+                    .cloned()
+                    .collect();
                 let text = format!(
-                    "--- {:.0}s: {} processes, {} threads live\n{}",
+                    "--- {:.0}s: {} processes, {} threads live\n{}{}",
                     elapsed.as_secs_f64(),
                     model.live_processes(),
                     model.live_threads(),
+                    report::render_findings(&active),
                     report::render_table(&refs, rows)
                 ) + &report::render_waits(&refs, rows);
                 match out(&text) {
