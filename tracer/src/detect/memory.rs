@@ -375,7 +375,7 @@ fn run_leak(
         Some(&i) => d.findings[i].since_ns,
         None => {
             let mut onset = fit::onset(&values(pts, m)).unwrap_or(l.first.ts);
-            if onset == pts[0].ts && pts.as_ptr() == short.as_ptr() && long.len() >= 3 {
+            if onset == pts[0].ts && window == d.cfg.leak_window_ns && long.len() >= 3 {
                 onset = fit::onset(&values(long, m)).map_or(onset, |o| o.min(onset));
             }
             onset
