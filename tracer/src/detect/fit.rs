@@ -40,9 +40,39 @@ pub(crate) fn line(pts: &[(u64, f64)]) -> Option<Line> {
     Some(Line { slope, r2 })
 }
 
-/// Where a rise began: the time τ of the best fit of "flat until τ, then a line" (the least
-/// squared error over every point's time as τ). O(n²): run it when a finding opens.
+/// Where a rise began: the best fit of "flat until τ, then a line" (the least squared error
+/// over every point's time as τ), refined between τ and the next point to where the line
+/// through the rising points crosses the flat level (a rise starts between two samples).
+/// O(n²): run it when a finding opens.
 pub(crate) fn onset(pts: &[(u64, f64)]) -> Option<u64> {
+    let tau = hinge(pts)?;
+    let i = pts.iter().position(|p| p.0 == tau)?;
+    let Some(&(next, _)) = pts.get(i + 1) else {
+        return Some(tau);
+    };
+    if i == 0 {
+        return Some(tau);
+    }
+    let flat = pts[..=i].iter().map(|p| p.1).sum::<f64>() / (i + 1) as f64;
+    let rising = &pts[i + 1..];
+    let at =
+        |t: u64, l: &Line, mean_t: f64, mean_y: f64| mean_y + l.slope * ((t as f64 - mean_t) / 1e9);
+    match line(rising) {
+        Some(l) if l.slope > 0.0 && rising.len() >= 2 => {
+            let n = rising.len() as f64;
+            let mean_t = rising.iter().map(|p| p.0 as f64).sum::<f64>() / n;
+            let mean_y = rising.iter().map(|p| p.1).sum::<f64>() / n;
+            // The line's value at τ, and the time it reaches the flat level.
+            let y_tau = at(tau, &l, mean_t, mean_y);
+            let cross = tau as f64 + (flat - y_tau) / l.slope * 1e9;
+            Some(cross.clamp(tau as f64, next as f64) as u64)
+        }
+        _ => Some(tau),
+    }
+}
+
+/// The τ of the best "flat until τ, then a line" fit, among the points' times.
+fn hinge(pts: &[(u64, f64)]) -> Option<u64> {
     if pts.len() < 3 {
         return None;
     }
@@ -107,5 +137,14 @@ mod tests {
         // A rise from the start.
         let pts: Vec<_> = (0..10u64).map(|i| (i * SEC, i as f64)).collect();
         assert_eq!(onset(&pts), Some(0));
+        // A rise that began 0.4 s after a sample: found between the two samples.
+        let pts: Vec<_> = (0..40u64)
+            .map(|i| {
+                let t = i as f64 - 20.4;
+                (i * SEC, 100.0 + 3.0 * t.max(0.0))
+            })
+            .collect();
+        let o = onset(&pts).unwrap();
+        assert!(o.abs_diff(20 * SEC + 400_000_000) < 50_000_000, "{o}");
     }
 }
