@@ -114,6 +114,10 @@ fn a_python_process_growing_mid_run_is_a_leak_from_its_onset() {
     let f = only(&t, "memory_leak");
     assert_eq!((f.pid, f.job.as_str()), (Some(p.pid), p.job.as_str()));
     let onset = printed(&t, "onset")[0];
+    eprintln!(
+        "since - onset: {} ms",
+        (f.since_ns as i64 - onset as i64) / 1_000_000
+    );
     assert!(
         f.since_ns.abs_diff(onset) <= SEC,
         "since {} ms from the onset",

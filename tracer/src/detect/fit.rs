@@ -41,34 +41,23 @@ pub(crate) fn line(pts: &[(u64, f64)]) -> Option<Line> {
 }
 
 /// Where a rise began: the best fit of "flat until τ, then a line" (the least squared error
-/// over every point's time as τ), refined between τ and the next point to where the line
-/// through the rising points crosses the flat level (a rise starts between two samples).
+/// over every point's time as τ), moved on to the last point still at τ's level (within a
+/// quarter second of the slope): the last sample before the rise. A
+/// lagging first rise (counters that move in granules) can pull the fit's τ a sample early.
 /// O(n²): run it when a finding opens.
 pub(crate) fn onset(pts: &[(u64, f64)]) -> Option<u64> {
     let tau = hinge(pts)?;
     let i = pts.iter().position(|p| p.0 == tau)?;
-    let Some(&(next, _)) = pts.get(i + 1) else {
-        return Some(tau);
-    };
-    if i == 0 {
-        return Some(tau);
+    // The level at τ, not the mean of all before it (a process's start-up rise sits there).
+    let level = pts[i].1;
+    let slope = line(&pts[i..]).map_or(0.0, |l| l.slope.max(0.0));
+    let tolerance = slope * 0.25;
+    let mut j = i;
+    while j + 1 < pts.len() && pts[j + 1].1 <= level + tolerance {
+        j += 1;
     }
-    let flat = pts[..=i].iter().map(|p| p.1).sum::<f64>() / (i + 1) as f64;
-    let rising = &pts[i + 1..];
-    let at =
-        |t: u64, l: &Line, mean_t: f64, mean_y: f64| mean_y + l.slope * ((t as f64 - mean_t) / 1e9);
-    match line(rising) {
-        Some(l) if l.slope > 0.0 && rising.len() >= 2 => {
-            let n = rising.len() as f64;
-            let mean_t = rising.iter().map(|p| p.0 as f64).sum::<f64>() / n;
-            let mean_y = rising.iter().map(|p| p.1).sum::<f64>() / n;
-            // The line's value at τ, and the time it reaches the flat level.
-            let y_tau = at(tau, &l, mean_t, mean_y);
-            let cross = tau as f64 + (flat - y_tau) / l.slope * 1e9;
-            Some(cross.clamp(tau as f64, next as f64) as u64)
-        }
-        _ => Some(tau),
-    }
+    // Not past the rise: a point well above the level must follow.
+    Some(if j + 1 < pts.len() { pts[j].0 } else { tau })
 }
 
 /// The τ of the best "flat until τ, then a line" fit, among the points' times.
@@ -137,14 +126,12 @@ mod tests {
         // A rise from the start.
         let pts: Vec<_> = (0..10u64).map(|i| (i * SEC, i as f64)).collect();
         assert_eq!(onset(&pts), Some(0));
-        // A rise that began 0.4 s after a sample: found between the two samples.
-        let pts: Vec<_> = (0..40u64)
-            .map(|i| {
-                let t = i as f64 - 20.4;
-                (i * SEC, 100.0 + 3.0 * t.max(0.0))
-            })
+        // A rise seen late (the first rising sample lags, as RSS moving in granules does): the
+        // last flat sample, not one before it.
+        let mut pts: Vec<_> = (0..40u64)
+            .map(|i| (i * SEC, 100.0 + 3.0 * i.saturating_sub(20) as f64))
             .collect();
-        let o = onset(&pts).unwrap();
-        assert!(o.abs_diff(20 * SEC + 400_000_000) < 50_000_000, "{o}");
+        pts[21].1 = 101.5;
+        assert_eq!(onset(&pts), Some(20 * SEC));
     }
 }
