@@ -329,7 +329,9 @@ fn a_tracepoint_with_another_layout_is_refused_by_name_and_the_rest_runs() {
     // per-fault hooks are BTF tracepoints here, which need no format file.)
     let fake = fake_tracefs(|text| text.replace(" pid;\toffset:8;", " pid;\toffset:12;"));
     let file = temp_path("refused.trc");
-    let out = record_with_tracefs(&fake, &file, &[workload(), "park", "2", "300"]);
+    // Parks of 1.5 s: both threads are parked at one 100 ms sample even under emulation
+    // (5.10 under TCG once saw one of two 300 ms parks).
+    let out = record_with_tracefs(&fake, &file, &[workload(), "park", "2", "1500"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
