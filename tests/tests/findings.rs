@@ -192,8 +192,10 @@ fn a_cpython_thread_per_message_worker_is_a_runaway_created_in_the_interpreter()
     assert_eq!(t.report.findings_match_live, Some(true));
 }
 
-/// A cgroup whose pids.max is `max`, with a v1 memory cgroup of the same name where pids are
-/// on v1 (the tracer reads a v1 pids limit at its memory cgroup's path). Removed on drop.
+/// A cgroup whose pids.max is `max`: on cgroup2 if its pids controller is there, else on the
+/// v1 pids hierarchy, with cgroups of the same name in every other real hierarchy (v1 memory,
+/// cgroup2), where the tracer looks for the process and reads a v1 pids limit at the same
+/// path. Removed on drop.
 struct PidsCgroup {
     dirs: Vec<std::path::PathBuf>,
     max_file: std::path::PathBuf,
@@ -201,17 +203,34 @@ struct PidsCgroup {
 
 impl PidsCgroup {
     fn new(max: u64) -> Self {
+        use std::path::{Path, PathBuf};
         let name = format!("tracer-test-pids-{}", std::process::id());
-        let v1 = std::path::Path::new("/sys/fs/cgroup/pids");
-        let dirs: Vec<std::path::PathBuf> = if v1.join("pids.max").exists() || v1.is_dir() {
-            vec![
-                v1.join(&name),
-                std::path::Path::new("/sys/fs/cgroup/memory").join(&name),
-            ]
+        // Real hierarchies only (a guest's /sys/fs/cgroup/memory may be a plain directory
+        // where v1 memory is not built in).
+        let real = |root: &Path| root.join("cgroup.procs").exists();
+        let v2: PathBuf = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|d| d.join("cgroup.controllers").exists())
+            .expect("a cgroup2 hierarchy");
+        let v2_pids = std::fs::read_to_string(v2.join("cgroup.controllers"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .any(|c| c == "pids");
+        let mut roots = Vec::new();
+        if v2_pids {
+            let _ = std::fs::write(v2.join("cgroup.subtree_control"), "+pids");
         } else {
-            let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+pids");
-            vec![std::path::Path::new("/sys/fs/cgroup").join(&name)]
-        };
+            let v1 = Path::new("/sys/fs/cgroup/pids");
+            assert!(real(v1), "no pids controller on cgroup2 or v1");
+            roots.push(v1.to_path_buf());
+        }
+        roots.push(v2);
+        let memory = Path::new("/sys/fs/cgroup/memory");
+        if real(memory) {
+            roots.push(memory.to_path_buf());
+        }
+        let dirs: Vec<PathBuf> = roots.iter().map(|r| r.join(&name)).collect();
         for d in &dirs {
             std::fs::create_dir_all(d).expect("creating the test cgroup");
         }

@@ -81,8 +81,8 @@ pub struct Mounts {
     pub v2: Option<PathBuf>,
     pub memory: Option<PathBuf>,
     /// The v1 pids controller, when it is on v1. Events do not carry its id: the pids limit
-    /// of a v1 memory cgroup is read at the same path here (container runtimes and systemd
-    /// name a container's cgroup alike in every v1 hierarchy).
+    /// of a cgroup (v1 memory, or v2 where memory moved there) is read at the same path here
+    /// (container runtimes and systemd name a container's cgroup alike in every hierarchy).
     pub pids: Option<PathBuf>,
 }
 
@@ -312,8 +312,8 @@ impl Lookup {
             return Limits::default();
         };
         let mut l = Limits::read(&root.join(rel));
-        if h == Hierarchy::Memory
-            && l.pids_max.is_none()
+        // pids on v1 (with memory on v1 or on v2): at the same path there.
+        if l.pids_max.is_none()
             && let Some(pids) = &self.mounts.pids
         {
             l.pids_max = Limits::read(&pids.join(rel)).pids_max;
