@@ -560,6 +560,19 @@ mod tests {
     }
 
     #[test]
+    fn a_slow_leak_is_found_on_the_series_scale() {
+        // 48 KiB/s from 60 s: 1.9 MiB per 40 s window (under the minimum), 28 MiB per 10 min.
+        let d = memory(800, |s| 80 * MIB + 48 * 1024 * s.saturating_sub(60));
+        assert_eq!(kinds(&d), [("memory_leak", "active")], "{:#?}", d.findings);
+        let f = &d.findings[0];
+        assert_eq!(f.evidence["window_ns"], 600 * SEC, "the long scale");
+        assert!(f.since_ns.abs_diff(60 * SEC) <= 10 * SEC, "{}", f.since_ns);
+        let slope = f.evidence["slope_bytes_per_s"].as_i64().unwrap();
+        assert!((slope - 48 * 1024).abs() < 2048, "{slope}");
+        assert!(f.detected_ns <= 60 * SEC + 600 * SEC, "{f:#?}");
+    }
+
+    #[test]
     fn stairs_that_level_off_are_bloat_and_not_a_leak() {
         // Four 32 MiB steps 10 s apart from 40 s, then flat.
         let d = memory(130, |s| {

@@ -78,7 +78,8 @@ impl Model {
         self.sample_series(ts);
     }
 
-    /// A point of each active process's and each job's series, when one is due.
+    /// A point of each active process's (or one whose RSS moved) and each job's series, when
+    /// one is due.
     fn sample_series(&mut self, ts: u64) {
         let (fine, coarse) = self.series.due(ts);
         if !(fine || coarse) {
@@ -88,7 +89,9 @@ impl Model {
         let mut jobs: HashMap<String, Point> = HashMap::new();
         let mut points = Vec::new();
         for p in self.procs.values() {
-            if !p.sum.active() {
+            // RSS that moved counts: memory touched in mappings made before tracing started
+            // grows without a traced call.
+            if !(p.sum.active() || p.rss_known) {
                 continue;
             }
             let s = &p.sum;
