@@ -7,7 +7,7 @@
 
 use serde_json::json;
 
-use super::{Detectors, Sample, fit, lost_note, mib, secs};
+use super::{Detectors, Sample, fit, lost_note, mib, secs, signed_mib};
 use crate::model::{Model, ProcessSummary, series::FINE_STEP_NS};
 
 /// A point of one process's memory on one scale.
@@ -242,14 +242,6 @@ fn what_grew(a: &MemPoint, b: &MemPoint, m: Measure) -> &'static str {
     } else {
         "anonymous pages of existing mappings"
     }
-}
-
-fn signed_mib(v: i64) -> String {
-    format!(
-        "{}{}",
-        if v >= 0 { "+" } else { "-" },
-        mib(v.unsigned_abs())
-    )
 }
 
 /// The model's series of a process as points (10 s apart, up to an hour).

@@ -404,6 +404,15 @@ pub(crate) fn lost_note(lost: u64) -> String {
     }
 }
 
+/// Signed MiB for a summary: "+1.5 MiB", "-0.2 MiB".
+pub(crate) fn signed_mib(v: i64) -> String {
+    format!(
+        "{}{}",
+        if v >= 0 { "+" } else { "-" },
+        mib(v.unsigned_abs())
+    )
+}
+
 pub(crate) fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
 }

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde_json::json;
 
-use super::{Detectors, Sample, lost_note, mib, secs};
+use super::{Detectors, Sample, lost_note, secs, signed_mib};
 use crate::model::Model;
 
 /// Whether the live count rose over the window without falling back much: at least 3/4 of the
@@ -19,6 +19,30 @@ fn keeps_rising(w: &[Sample]) -> bool {
     let mid = w[w.len() / 2].live;
     let last = w[w.len() - 1].live;
     downs * 4 <= steps && last > mid
+}
+
+/// The onset of a rise still going, from (time, live threads) oldest first: walk back while
+/// it rose; a plateau before the rise is not the rise, so the onset is its last sample.
+fn rise_onset(points: impl Iterator<Item = (u64, u64)>) -> u64 {
+    let all: Vec<(u64, u64)> = points.collect();
+    let Some(mut i) = all.len().checked_sub(1) else {
+        return 0;
+    };
+    while i > 0 && all[i - 1].1 <= all[i].1 {
+        i -= 1;
+    }
+    while i + 1 < all.len() && all[i + 1].1 == all[i].1 {
+        i += 1;
+    }
+    all[i].0
+}
+
+/// A creating site and its count, for a summary.
+fn site_label(site: Option<&(String, u64)>) -> String {
+    site.map_or_else(
+        || "an unrecorded site".to_owned(),
+        |(s, n)| format!("{s} ({n})"),
+    )
 }
 
 pub(super) fn run(d: &mut Detectors, model: &Model, ts: u64) {
@@ -53,17 +77,7 @@ pub(super) fn run(d: &mut Detectors, model: &Model, ts: u64) {
             }
             continue;
         }
-        // The onset: the start of the rise that is still going (walk back while it rose).
-        let all: Vec<Sample> = h.iter().copied().collect();
-        let mut i = all.len() - 1;
-        while i > 0 && all[i - 1].live <= all[i].live {
-            i -= 1;
-        }
-        // A plateau before the rise is not the rise: the onset is its last sample.
-        while i + 1 < all.len() && all[i + 1].live == all[i].live {
-            i += 1;
-        }
-        let onset = all[i].ts;
+        let onset = rise_onset(h.iter().map(|s| (s.ts, s.live)));
         let Some(sum) = model.live_process(pid, born) else {
             continue;
         };
@@ -83,21 +97,16 @@ pub(super) fn run(d: &mut Detectors, model: &Model, ts: u64) {
         let summary = format!(
             "{} → {} live threads in {} ({births} created, {deaths} exited); {} of {new_alive} \
              new threads parked in futex (median {}, max {}), {polling} in poll/select; created \
-             at {}; RSS {}{}, mapped {}{}{}",
+             at {}; RSS {}, mapped {}{}",
             first.live,
             last.live,
             secs(span),
             parks.len(),
             secs(median),
             secs(max),
-            site.as_ref().map_or_else(
-                || "an unrecorded site".to_owned(),
-                |(s, n)| format!("{s} ({n})")
-            ),
-            if growth >= 0 { "+" } else { "-" },
-            mib(growth.unsigned_abs()),
-            if mapped >= 0 { "+" } else { "-" },
-            mib(mapped.unsigned_abs()),
+            site_label(site.as_ref()),
+            signed_mib(growth),
+            signed_mib(mapped),
             lost_note(lost)
         );
         let evidence = super::evidence([
@@ -269,16 +278,7 @@ pub(super) fn run_jobs(d: &mut Detectors, model: &Model, ts: u64) {
             }
             continue;
         }
-        // The onset: the start of the rise still going, as for a process.
-        let all: Vec<&JobSample> = h.iter().collect();
-        let mut i = all.len() - 1;
-        while i > 0 && all[i - 1].live <= all[i].live {
-            i -= 1;
-        }
-        while i + 1 < all.len() && all[i + 1].live == all[i].live {
-            i += 1;
-        }
-        let onset = all[i].ts;
+        let onset = rise_onset(h.iter().map(|s| (s.ts, s.live)));
         // Its busiest creating site, over its live processes.
         let mut sites: HashMap<String, u64> = HashMap::new();
         for s in model.live_raw().filter(|s| model.job_name(s) == job) {
@@ -294,18 +294,14 @@ pub(super) fn run_jobs(d: &mut Detectors, model: &Model, ts: u64) {
         let span = last.ts - first.ts;
         let summary = format!(
             "{} → {} live threads in job {} over {} ({births} created, {deaths} exited), across \
-             {first_procs} → {} processes, none holding half the rise; created at {}; RSS {}{}{}",
+             {first_procs} → {} processes, none holding half the rise; created at {}; RSS {}{}",
             first.live,
             last.live,
             job,
             secs(span),
             sample.processes,
-            site.as_ref().map_or_else(
-                || "an unrecorded site".to_owned(),
-                |(s, n)| format!("{s} ({n})")
-            ),
-            if growth >= 0 { "+" } else { "-" },
-            mib(growth.unsigned_abs()),
+            site_label(site.as_ref()),
+            signed_mib(growth),
             lost_note(lost)
         );
         let evidence = super::evidence([
