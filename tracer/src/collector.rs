@@ -37,6 +37,9 @@ pub struct SessionOptions {
     pub output: Option<PathBuf>,
     pub duration: Option<Duration>,
     pub pids: Vec<u32>,
+    /// Trace only the processes of jobs whose name or cgroup path contains one of these
+    /// (`--job`), found at start and every sample, and their children.
+    pub jobs: Vec<String>,
     pub command: Vec<String>,
     pub min_wait: Duration,
     pub rss_granule: u64,
@@ -60,6 +63,7 @@ impl Default for SessionOptions {
             output: None,
             duration: None,
             pids: Vec::new(),
+            jobs: Vec::new(),
             command: Vec::new(),
             min_wait: Duration::from_millis(1),
             rss_granule: 1 << 20,
@@ -143,6 +147,8 @@ struct Session {
     last_stats: Option<crate::probes::KernelStats>,
     /// When the cgroups' limits were last re-read.
     last_limits: Option<std::time::Instant>,
+    /// With `--job`: finds processes entering the jobs.
+    jobscan: Option<crate::jobscan::JobScan>,
 }
 
 /// How often the limits of the live processes' cgroups are re-read.
@@ -320,6 +326,7 @@ impl Session {
                 self.resolver.refresh(key, path);
             }
         }
+        self.join_jobs()?;
         let waiting = self.probes.waiting(self.model().live_tids());
         let (waits, blocked) = wait_snapshot(waiting.into_iter(), now, self.min_wait_ns);
         let changes = self.waits.changes(blocked);
@@ -443,6 +450,21 @@ impl Session {
                 .trace_pid(pid)
                 .with_context(|| format!("adding pid {pid} to the kernel filter"))?;
         }
+        if let Some(scan) = &mut self.jobscan {
+            let found = scan.scan(|_| false);
+            if found.is_empty() {
+                tracing::warn!(
+                    "no process is in a job matching --job {:?} yet: tracing those that enter one",
+                    opts.jobs
+                );
+            }
+            for pid in found {
+                // Gone since the scan: nothing to trace.
+                if self.probes.trace_pid(pid).is_ok() {
+                    pids.push(pid);
+                }
+            }
+        }
         let mut traced = None;
         if !opts.command.is_empty() {
             let (child, gate) = spawn_gated(&opts.command)?;
@@ -461,10 +483,10 @@ impl Session {
     fn seed(
         &mut self,
         opts: &SessionOptions,
-        filter: bool,
+        pids: Option<&[u32]>,
         traced: Option<&Traced>,
     ) -> anyhow::Result<usize> {
-        let mut seeds = seed::scan(filter.then_some(&opts.pids[..]), &self.mounts);
+        let mut seeds = seed::scan(pids, &self.mounts);
         let blocked = seed_blocked(&self.probes, &seeds);
         if blocked > 0 {
             tracing::info!(
@@ -490,6 +512,12 @@ impl Session {
             });
         }
         let n = seeds.len();
+        self.add_seeds(seeds)?;
+        self.sink.flush()?;
+        Ok(n)
+    }
+
+    fn add_seeds(&mut self, seeds: Vec<crate::tracefile::ProcessSeed>) -> anyhow::Result<()> {
         for seed in seeds {
             note_cgroups(
                 &self.engine,
@@ -499,8 +527,38 @@ impl Session {
             );
             self.record(Meta::Process(seed))?;
         }
-        self.sink.flush()?;
-        Ok(n)
+        Ok(())
+    }
+
+    /// With `--job`: processes that entered the jobs since the last sample (not children of
+    /// traced ones: the kernel follows those) join the trace, seeded from /proc.
+    fn join_jobs(&mut self) -> anyhow::Result<()> {
+        let Some(scan) = &mut self.jobscan else {
+            return Ok(());
+        };
+        let (model, probes) = (&self.engine.model, &self.probes);
+        let found = scan.scan(|pid| model.is_live(pid) || probes.is_traced(pid));
+        if found.is_empty() {
+            return Ok(());
+        }
+        let mut seeds = Vec::new();
+        for pid in found {
+            if self.probes.trace_pid(pid).is_err() {
+                continue;
+            }
+            match seed::read(pid, &self.mounts) {
+                Some(s) => seeds.push(s),
+                // Gone already: out of the filter again.
+                None => self.probes.untrace_pid(pid),
+            }
+        }
+        let blocked = seed_blocked(&self.probes, &seeds);
+        tracing::debug!(
+            n = seeds.len(),
+            blocked,
+            "processes entered the traced jobs"
+        );
+        self.add_seeds(seeds)
     }
 }
 
@@ -566,7 +624,10 @@ pub async fn run(
         }
     }
     let sink = open_sink(opts.output.as_ref())?;
-    let filter = !opts.pids.is_empty() || !opts.command.is_empty();
+    if let Some(j) = opts.jobs.iter().find(|j| j.is_empty()) {
+        bail!("--job {j:?}: give part of a job's name or cgroup path, e.g. --job redis");
+    }
+    let filter = !opts.pids.is_empty() || !opts.command.is_empty() || !opts.jobs.is_empty();
     let cfg = LoadConfig {
         min_wait_ns: opts.min_wait.as_nanos() as u64,
         rss_granule: opts.rss_granule,
@@ -593,11 +654,18 @@ pub async fn run(
         min_wait_ns: cfg.min_wait_ns,
         last_stats: None,
         last_limits: None,
+        jobscan: (!opts.jobs.is_empty()).then(|| crate::jobscan::JobScan::new(opts.jobs.clone())),
     };
     s.engine.model.track_ended = filter;
     let (pids, traced) = s.select(&opts)?;
+    // The command's process is seeded as what it is about to become, not read from /proc.
+    let existing: Vec<u32> = pids
+        .iter()
+        .copied()
+        .filter(|&p| traced.as_ref().is_none_or(|t| t.pid != p))
+        .collect();
     s.record(start_info(&opts, &cfg, &s.probes, pids))?;
-    let processes = s.seed(&opts, filter, traced.as_ref())?;
+    let processes = s.seed(&opts, filter.then_some(&existing[..]), traced.as_ref())?;
     tracing::info!(
         processes,
         "tracing {}",

@@ -2,14 +2,14 @@
 
 use std::{
     fs::File,
-    io::{BufReader, ErrorKind, Write},
+    io::{BufReader, ErrorKind, IsTerminal, Write},
     path::PathBuf,
     process::ExitCode,
     time::Duration,
 };
 
 use anyhow::{Context as _, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use tracer::{collector, escape, report};
 
 #[derive(Parser)]
@@ -28,6 +28,17 @@ struct Cli {
 
 #[derive(clap::Args, Clone)]
 struct TraceArgs {
+    /// Trace only this process and the children it creates from now on. Repeatable.
+    #[arg(short, long = "pid", value_name = "PID")]
+    pids: Vec<u32>,
+    /// Trace only the processes of jobs whose name (as shown, e.g. `systemd:redis.service`,
+    /// `k8s:shop/web-0/app`) or cgroup path contains JOB, including processes that enter them
+    /// later (found every sample). Repeatable.
+    #[arg(long = "job", value_name = "JOB")]
+    jobs: Vec<String>,
+    /// Stop after this many seconds.
+    #[arg(short, long, value_name = "SECS")]
+    duration: Option<f64>,
     /// Waits (futex, poll/select) shorter than this are counted in the kernel, not streamed.
     #[arg(long, default_value_t = 1.0, value_name = "MS")]
     min_wait_ms: f64,
@@ -80,40 +91,66 @@ enum Hooks {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Trace the whole host and print the busiest processes every few seconds.
-    Live {
+    /// Live view of what is going wrong, per job and process (the default command). Without a
+    /// terminal, or with --no-tui, a plain table every few seconds.
+    #[command(alias = "live")]
+    Top {
+        /// Print a plain table every --every seconds instead of the interactive view.
+        #[arg(long)]
+        no_tui: bool,
         /// Also record everything to this trace file.
         #[arg(short, long)]
         output: Option<PathBuf>,
-        /// Stop after this many seconds.
-        #[arg(short, long, value_name = "SECS")]
-        duration: Option<f64>,
-        /// Seconds between tables.
+        /// Seconds between screens (tables).
         #[arg(long, default_value_t = 2.0, value_name = "SECS")]
         every: f64,
-        /// Rows per table.
+        /// Rows per table (--no-tui).
         #[arg(long, default_value_t = 20)]
         rows: usize,
         #[command(flatten)]
         trace: TraceArgs,
     },
-    /// Record a trace file: host-wide, of some pids, or of a command and its descendants.
+    /// Record a trace file: host-wide, of some pids or jobs, or of a command and its
+    /// descendants.
     Record {
         /// The trace file to write.
         #[arg(short, long)]
         output: PathBuf,
-        /// Stop after this many seconds.
-        #[arg(short, long, value_name = "SECS")]
-        duration: Option<f64>,
-        /// Trace only this process (and the children it creates from now on). Repeatable.
-        #[arg(short, long = "pid", value_name = "PID")]
-        pids: Vec<u32>,
         #[command(flatten)]
         trace: TraceArgs,
         /// Run this command, trace it and its descendants until it exits, and exit with its
         /// status.
         #[arg(last = true, value_name = "CMD")]
         command: Vec<String>,
+    },
+    /// Run a command, trace it and its descendants, and print their summary and findings when
+    /// it exits (like `perf stat`). Exits with the command's status.
+    Run {
+        /// Print the report as JSON (the `report --format json` schema).
+        #[arg(long)]
+        json: bool,
+        /// Also record everything to this trace file.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        trace: TraceArgs,
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Stream findings as they open and resolve, one line each. Exit status with
+    /// --exit-on-finding: 0 when a finding opened, 1 when none did before the end.
+    Watch {
+        /// One JSON object per line: `event` (`open` or `resolved`) and the finding's fields.
+        #[arg(long)]
+        json: bool,
+        /// Stop at the first finding that opens.
+        #[arg(long)]
+        exit_on_finding: bool,
+        /// Also record everything to this trace file.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        trace: TraceArgs,
     },
     /// Summarise a trace file.
     Report {
@@ -126,6 +163,15 @@ enum Cmd {
         /// Futex parks at least this long are listed as long.
         #[arg(long, default_value_t = 10.0, value_name = "SECS")]
         long_park_secs: f64,
+    },
+    /// Print a shell completion script (e.g. `tracer completions bash >
+    /// /etc/bash_completion.d/tracer`).
+    Completions { shell: clap_complete::Shell },
+    /// Write man pages: tracer.1 and one per command (tracer-top.1, ...) into DIR, or
+    /// tracer.1 to stdout.
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -171,7 +217,13 @@ fn options(t: &TraceArgs) -> anyhow::Result<collector::SessionOptions> {
             t.ring_kib
         );
     }
+    if t.jobs.iter().any(|j| j.trim().is_empty()) {
+        bail!("--job needs part of a job's name or cgroup path, e.g. --job redis.service");
+    }
     Ok(collector::SessionOptions {
+        pids: t.pids.clone(),
+        jobs: t.jobs.clone(),
+        duration: secs(t.duration, "--duration")?,
         min_wait: Duration::from_secs_f64(t.min_wait_ms / 1000.0),
         ring_bytes: t.ring_kib * 1024,
         raw_syscall_hooks: matches!(t.syscall_hooks, Hooks::Raw),
@@ -224,59 +276,28 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    let cmd = cli.cmd.unwrap_or(Cmd::Live {
-        output: None,
-        duration: None,
-        every: 2.0,
-        rows: 20,
-        trace: TraceArgs {
-            min_wait_ms: 1.0,
-            sample_ms: 1000,
-            rss_granule_kib: 1024,
-            ring_kib: 8192,
-            syscall_hooks: Hooks::Auto,
-            stacks_per_sec: 20,
-            stack_burst: 200,
-            config: None,
-            runaway_window_secs: None,
-            leak_window_secs: None,
-            bloat_plateau_secs: None,
-            forecast_horizon_secs: None,
-        },
-    });
+    let cmd = match cli.cmd {
+        Some(c) => c,
+        // `tracer` alone is `tracer top`.
+        None => Cli::parse_from(["tracer", "top"]).cmd.expect("top parses"),
+    };
     match cmd {
-        Cmd::Live {
+        Cmd::Top {
+            no_tui,
             output,
-            duration,
             every,
             rows,
             trace,
         } => {
             let mut opts = options(&trace)?;
             opts.output = output;
-            opts.duration = secs(duration, "--duration")?;
             opts.print_every = secs(Some(every), "--every")?;
-            eprintln!("tracing the whole host; Ctrl-C to stop");
+            if !no_tui && std::io::stdout().is_terminal() {
+                tracing::debug!("interactive view not built yet: printing tables");
+            }
+            eprintln!("tracing {}; Ctrl-C to stop", scope(&opts));
             let outcome = runtime()?.block_on(collector::run(opts, |engine, elapsed| {
-                let model = &engine.model;
-                let live = report::live_rows(model);
-                let refs: Vec<_> = live.iter().collect();
-                // What to act on first: the findings open now.
-                let active: Vec<_> = engine
-                    .detectors
-                    .findings
-                    .iter()
-                    .filter(|f| f.state == "active")
-                    .cloned()
-                    .collect();
-                let text = format!(
-                    "--- {:.0}s: {} processes, {} threads live\n{}{}",
-                    elapsed.as_secs_f64(),
-                    model.live_processes(),
-                    model.live_threads(),
-                    report::render_findings(&active),
-                    report::render_table(&refs, rows)
-                ) + &report::render_waits(&refs, rows);
+                let text = report::render_live(engine, elapsed, rows);
                 match out(&text) {
                     Ok(open) => open,
                     Err(e) => {
@@ -290,21 +311,79 @@ fn run() -> anyhow::Result<ExitCode> {
         }
         Cmd::Record {
             output,
-            duration,
-            pids,
             trace,
             command,
         } => {
             let mut opts = options(&trace)?;
             opts.output = Some(output.clone());
-            opts.duration = secs(duration, "--duration")?;
-            opts.pids = pids;
             opts.command = command;
             let outcome = runtime()?.block_on(collector::run(opts, |_, _| true))?;
             summarize(&outcome, Some(&output));
-            Ok(match outcome.exit_code {
-                Some(c) => ExitCode::from(c.clamp(0, 255) as u8),
-                None => ExitCode::SUCCESS,
+            Ok(exit_status(outcome.exit_code))
+        }
+        Cmd::Run {
+            json,
+            output,
+            trace,
+            command,
+        } => {
+            let mut opts = options(&trace)?;
+            opts.output = output.clone();
+            opts.command = command;
+            // Called once, when the command has exited and everything is drained.
+            let mut last = None;
+            let outcome = runtime()?.block_on(collector::run(opts, |engine, _| {
+                last = Some(report::from_engine(engine, None, 0));
+                true
+            }))?;
+            let r = last
+                .context("the session ended before its first sample")?
+                .context("building the summary")?;
+            let text = if json {
+                serde_json::to_string_pretty(&r)? + "\n"
+            } else {
+                report::render_text(&r, 40)
+            };
+            out(&text)?;
+            summarize(&outcome, output.as_ref());
+            Ok(exit_status(outcome.exit_code))
+        }
+        Cmd::Watch {
+            json,
+            exit_on_finding,
+            output,
+            trace,
+        } => {
+            let mut opts = options(&trace)?;
+            opts.output = output.clone();
+            opts.print_every = Some(opts.sample_interval);
+            eprintln!("watching {} for findings; Ctrl-C to stop", scope(&opts));
+            let colour = tracer::terminal::colour_stdout();
+            let mut stream = tracer::watch::FindingStream::default();
+            let mut opened = false;
+            let outcome = runtime()?.block_on(collector::run(opts, |engine, _| {
+                let mut text = String::new();
+                for (change, f) in stream.changes(&engine.detectors.findings) {
+                    opened |= change == tracer::watch::Change::Open;
+                    text += &if json {
+                        tracer::watch::json_line(change, f)
+                    } else {
+                        tracer::watch::text_line(change, f, colour)
+                    };
+                }
+                match out(&text) {
+                    Ok(open) => open && !(exit_on_finding && opened),
+                    Err(e) => {
+                        tracing::error!("{e:#}: stopping");
+                        false
+                    }
+                }
+            }))?;
+            summarize(&outcome, output.as_ref());
+            Ok(if exit_on_finding && !opened {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
             })
         }
         Cmd::Report {
@@ -336,7 +415,66 @@ fn run() -> anyhow::Result<ExitCode> {
             out(&text)?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Completions { shell } => {
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "tracer", &mut buf);
+            out(&String::from_utf8_lossy(&buf))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Man { dir } => {
+            man_pages(dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// What a session traces, for its first line.
+fn scope(o: &collector::SessionOptions) -> String {
+    let mut parts = Vec::new();
+    if !o.pids.is_empty() {
+        parts.push(format!("pids {:?}", o.pids));
+    }
+    if !o.jobs.is_empty() {
+        parts.push(format!("jobs matching {:?}", o.jobs));
+    }
+    if parts.is_empty() {
+        "the whole host".into()
+    } else {
+        parts.join(" and ")
+    }
+}
+
+fn exit_status(code: Option<i32>) -> ExitCode {
+    match code {
+        Some(c) => ExitCode::from(c.clamp(0, 255) as u8),
+        None => ExitCode::SUCCESS,
+    }
+}
+
+fn man_pages(dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let cmd = Cli::command();
+    let Some(dir) = dir else {
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut buf)?;
+        out(&String::from_utf8_lossy(&buf))?;
+        return Ok(());
+    };
+    let write = |name: &str, c: clap::Command| -> anyhow::Result<()> {
+        let path = dir.join(format!("{name}.1"));
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(c).render(&mut buf)?;
+        std::fs::write(&path, buf).with_context(|| format!("writing {}", path.display()))
+    };
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        let name = format!("tracer-{}", sub.get_name());
+        write(
+            &name,
+            sub.clone()
+                .display_name(name.clone())
+                .bin_name(format!("tracer {}", sub.get_name())),
+        )?;
+    }
+    write("tracer", cmd)
 }
 
 fn summarize(o: &collector::Outcome, path: Option<&PathBuf>) {
@@ -363,8 +501,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
-        // Colours only on a terminal.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // Colours only on a terminal, and not with NO_COLOR.
+        .with_ansi(tracer::terminal::colour_stderr())
         .init();
     match run() {
         Ok(code) => code,

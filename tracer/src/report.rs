@@ -430,6 +430,34 @@ pub fn render_table(rows: &[&ProcessSummary], limit: usize) -> String {
     o
 }
 
+/// One screen of the plain live view (`top --no-tui`): the open findings, the busiest live
+/// processes and their waits.
+pub fn render_live(
+    engine: &crate::engine::Engine,
+    elapsed: std::time::Duration,
+    rows: usize,
+) -> String {
+    let model = &engine.model;
+    let live = live_rows(model);
+    let refs: Vec<_> = live.iter().collect();
+    // What to act on first: the findings open now.
+    let active: Vec<_> = engine
+        .detectors
+        .findings
+        .iter()
+        .filter(|f| f.state == "active")
+        .cloned()
+        .collect();
+    format!(
+        "--- {:.0}s: {} processes, {} threads live\n{}{}",
+        elapsed.as_secs_f64(),
+        model.live_processes(),
+        model.live_threads(),
+        render_findings(&active),
+        render_table(&refs, rows)
+    ) + &render_waits(&refs, rows)
+}
+
 /// Rows for the live view: live processes with activity, busiest first.
 pub fn live_rows(model: &Model) -> Vec<ProcessSummary> {
     let mut v: Vec<ProcessSummary> = model

@@ -221,6 +221,11 @@ impl Probes {
         self.traced.insert(pid, 1, 0)
     }
 
+    /// Whether a process is in the kernel-side filter (added, or a child of one).
+    pub fn is_traced(&self, pid: u32) -> bool {
+        self.traced.get(&pid, 0).is_ok()
+    }
+
     /// Takes an ended process out of the kernel-side filter (it may be gone already).
     pub fn untrace_pid(&mut self, pid: u32) {
         let _ = self.traced.remove(&pid);

@@ -1,0 +1,282 @@
+//! The ways people run it: `run` around a command (like `perf stat`), `watch` streaming
+//! findings for scripts, `--job` limiting any tracing command to a job (also processes that
+//! enter it after tracing started), completions and man pages.
+
+mod common;
+
+use std::{
+    io::Read,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+
+/// A systemd-shaped job on cgroup2: `<v2>/tracer-test.slice/tracer-uses-<pid>-<n>.service`.
+/// Removed on drop (after its processes are killed).
+struct Unit {
+    dir: PathBuf,
+    name: String,
+    procs: Vec<Child>,
+}
+
+impl Unit {
+    fn new() -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|d| d.join("cgroup.controllers").exists())
+            .expect("a cgroup2 hierarchy (cgroup.controllers is v2-only)");
+        let name = format!("tracer-uses-{}-{n}.service", std::process::id());
+        let dir = root.join("tracer-test.slice").join(&name);
+        std::fs::create_dir_all(&dir).expect("creating the job's cgroup");
+        Self {
+            dir,
+            name,
+            procs: Vec::new(),
+        }
+    }
+
+    /// Starts `cmd` in the job (the shell moves itself, then becomes it, as runc does); its
+    /// pid.
+    fn start(&mut self, cmd: &str) -> u32 {
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && exec {cmd}",
+                self.dir.display()
+            ))
+            .spawn()
+            .expect("starting a job process");
+        let pid = child.id();
+        self.procs.push(child);
+        pid
+    }
+}
+
+impl Drop for Unit {
+    fn drop(&mut self) {
+        for c in &mut self.procs {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A process outside any test job, killed on drop.
+struct Outside(Child);
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn leaker(rate: &str, secs: &str) -> String {
+    format!("{} leak {rate} {secs}", env!("LEAKER_BIN"))
+}
+
+/// Waits for `child` at most `max`; kills it past that and fails.
+fn wait_for(child: &mut Child, max: Duration) -> (i32, String, String) {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            let mut out = String::new();
+            let mut err = String::new();
+            child.stdout.take().map(|mut s| s.read_to_string(&mut out));
+            child.stderr.take().map(|mut s| s.read_to_string(&mut err));
+            return (status.code().unwrap_or(-1), out, err);
+        }
+        if start.elapsed() > max {
+            let _ = child.kill();
+            let _ = child.wait();
+            let mut err = String::new();
+            child.stderr.take().map(|mut s| s.read_to_string(&mut err));
+            panic!("tracer did not stop within {max:?}; stderr:\n{err}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn run_prints_the_summary_and_findings_and_exits_with_the_commands_status() {
+    require_root();
+    let script = format!("{}; exit 7", leaker("10", "10"));
+    let out = run_tracer(&[
+        "run",
+        "--json",
+        "--sample-ms",
+        "100",
+        "--runaway-window-secs",
+        "5",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr_of(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    assert_eq!(r["lost_events"], 0);
+    assert_eq!(r["exit_code"], 7);
+    let procs = r["processes"].as_array().expect("processes");
+    let p = procs
+        .iter()
+        .find(|p| p["exe"].as_str().is_some_and(|e| e.ends_with("/leaker")))
+        .expect("the leaker in the summary");
+    // 100 handler threads (10/s for 10 s); the leaker's own helper thread may add one.
+    let created = p["threads_created"].as_u64().unwrap();
+    assert!((100..=101).contains(&created), "{created}");
+    // Only the command's processes: the shell and the leaker.
+    assert!(procs.len() <= 2, "{procs:#?}");
+    let f: Vec<_> = r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "runaway_threads")
+        .collect();
+    assert_eq!(f.len(), 1, "{:#?}", r["findings"]);
+    assert_eq!(f[0]["pid"], p["pid"]);
+
+    // Text: the same summary for people, findings first.
+    let out = run_tracer(&["run", "--", "sh", "-c", "exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("findings: none"), "{text}");
+}
+
+#[test]
+fn watch_streams_a_job_finding_as_it_opens_and_stops_there() {
+    require_root();
+    let mut unit = Unit::new();
+    // A leaker outside the job must not be reported.
+    let _outside = Outside(
+        Command::new(env!("LEAKER_BIN"))
+            .args(["leak", "10", "40"])
+            .spawn()
+            .expect("the outside leaker"),
+    );
+    let mut watch = Command::new(tracer_bin())
+        .args([
+            "watch",
+            "--json",
+            "--exit-on-finding",
+            "--job",
+            &unit.name,
+            "--sample-ms",
+            "100",
+            "--runaway-window-secs",
+            "5",
+            "-d",
+            "60",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tracer watch");
+    // The job's process starts after tracing did: the rescan finds it.
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = unit.start(&leaker("10", "40"));
+    let (status, out, err) = wait_for(&mut watch, Duration::from_secs(60));
+    assert_eq!(status, 0, "a finding opened: exit 0; stderr:\n{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert!(!lines.is_empty(), "stderr:\n{err}");
+    for l in &lines {
+        assert_eq!(l["event"], "open", "{l}");
+        assert_eq!(l["kind"], "runaway_threads", "{l}");
+        assert_eq!(l["pid"], pid, "only the job's leaker: {l}");
+        assert!(l["job"].as_str().unwrap().contains(&unit.name), "{l}");
+        assert_eq!(l["state"], "active");
+    }
+    assert!(err.contains("jobs matching"), "{err}");
+}
+
+#[test]
+fn watch_exits_1_when_nothing_opened_before_the_end() {
+    require_root();
+    let quiet = Outside(
+        Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("a quiet process"),
+    );
+    let pid = quiet.0.id().to_string();
+    let mut watch = Command::new(tracer_bin())
+        .args(["watch", "--exit-on-finding", "-p", &pid, "-d", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tracer watch");
+    let (status, out, err) = wait_for(&mut watch, Duration::from_secs(30));
+    assert_eq!(status, 1, "stderr:\n{err}");
+    assert_eq!(out, "", "no finding lines");
+}
+
+#[test]
+fn record_of_a_job_holds_its_processes_and_no_others() {
+    require_root();
+    let mut unit = Unit::new();
+    let inside = unit.start(&format!("{} park 2 30000", workload()));
+    let outside = Outside(
+        Command::new(workload())
+            .args(["park", "2", "30000"])
+            .spawn()
+            .expect("the outside workload"),
+    );
+    // Both are running (moved, exec'd) before tracing starts.
+    std::thread::sleep(Duration::from_millis(500));
+    let path = temp_path("job.trc");
+    let out = run_tracer(&[
+        "record",
+        "-o",
+        path.to_str().unwrap(),
+        "--job",
+        &unit.name,
+        "-d",
+        "3",
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let r = read_report(&path);
+    let pids: Vec<u32> = r.processes.iter().map(|p| p.pid).collect();
+    assert!(pids.contains(&inside), "{pids:?}");
+    assert!(!pids.contains(&outside.0.id()), "{pids:?}");
+    for p in &r.processes {
+        assert!(p.job.contains(&unit.name), "{} in {}", p.pid, p.job);
+    }
+    let p = r.processes.iter().find(|p| p.pid == inside).unwrap();
+    assert_eq!(p.threads_live, 3, "the main thread and 2 parked: {p:?}");
+}
+
+#[test]
+fn completions_and_man_pages_come_from_the_command_line_definition() {
+    let out = run_tracer(&["completions", "bash"]);
+    assert!(out.status.success());
+    let bash = String::from_utf8_lossy(&out.stdout);
+    for word in ["watch", "--exit-on-finding", "--job", "record", "--pid"] {
+        assert!(
+            bash.contains(word),
+            "{word} missing from the bash completions"
+        );
+    }
+    let dir = temp_path("man");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = run_tracer(&["man", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let page = std::fs::read_to_string(dir.join("tracer-watch.1")).expect("tracer-watch.1");
+    assert!(page.contains(".TH tracer-watch 1"), "{page}");
+    assert!(page.contains("exit\\-on\\-finding"), "{page}");
+    assert!(dir.join("tracer.1").is_file());
+    assert!(dir.join("tracer-run.1").is_file());
+}
