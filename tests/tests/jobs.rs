@@ -152,14 +152,6 @@ fn shapes(tag: &str) -> Vec<Shape> {
     ]
 }
 
-fn v2_root() -> PathBuf {
-    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|d| d.join("cgroup.controllers").exists())
-        .expect("a cgroup2 hierarchy (cgroup.controllers is v2-only)")
-}
-
 /// Runs one workload in each shape under `root`, all in one recording, and checks each job.
 fn jobs_in(root: &Path, tag: &str, memory: bool) {
     require_root();

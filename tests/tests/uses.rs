@@ -25,11 +25,7 @@ impl Unit {
     fn new() -> Self {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|d| d.join("cgroup.controllers").exists())
-            .expect("a cgroup2 hierarchy (cgroup.controllers is v2-only)");
+        let root = v2_root();
         let name = format!("tracer-uses-{}-{n}.service", std::process::id());
         let dir = root.join("tracer-test.slice").join(&name);
         std::fs::create_dir_all(&dir).expect("creating the job's cgroup");

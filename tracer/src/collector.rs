@@ -328,6 +328,7 @@ impl Session {
         }
         self.join_jobs()?;
         let waiting = self.probes.waiting(self.model().live_tids());
+        self.note_health(waiting.len());
         let (waits, blocked) = wait_snapshot(waiting.into_iter(), now, self.min_wait_ns);
         let changes = self.waits.changes(blocked);
         self.record(Meta::Waits {
@@ -515,6 +516,44 @@ impl Session {
         self.add_seeds(seeds)?;
         self.sink.flush()?;
         Ok(n)
+    }
+
+    /// The tables' fill for the health metrics.
+    fn note_health(&mut self, waiting: usize) {
+        use crate::health::TableUsage;
+        let model = &self.engine.model;
+        let filtering = self.jobscan.is_some() || model.track_ended;
+        let tables = vec![
+            TableUsage {
+                name: "wait_slots",
+                entries: waiting as u64,
+                capacity: self.probes.slots.slots() as u64,
+            },
+            TableUsage {
+                name: "traced",
+                // Each traced live process holds one entry until its exit is drained.
+                entries: if filtering {
+                    model.live_processes() as u64
+                } else {
+                    0
+                },
+                capacity: u64::from(tracer_common::maps::TRACED_MAX),
+            },
+            TableUsage {
+                name: "finished_processes",
+                entries: model.finished_len() as u64,
+                capacity: crate::engine::MAX_FINISHED as u64,
+            },
+            TableUsage {
+                name: "findings",
+                entries: self.engine.detectors.findings.len() as u64,
+                capacity: crate::detect::MAX_FINDINGS as u64,
+            },
+        ];
+        self.engine.health = crate::health::SessionHealth {
+            tables,
+            stacks_dropped: self.stacks.dropped,
+        };
     }
 
     fn add_seeds(&mut self, seeds: Vec<crate::tracefile::ProcessSeed>) -> anyhow::Result<()> {

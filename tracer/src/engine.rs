@@ -36,6 +36,8 @@ pub struct Engine {
     pub end: Option<EndInfo>,
     /// The latest timestamp of any record.
     pub last_ts: u64,
+    /// The live collector's own tables and drops (empty when reading a file).
+    pub health: crate::health::SessionHealth,
 }
 
 impl Default for Engine {
@@ -54,6 +56,7 @@ impl Engine {
             counters: BTreeMap::new(),
             end: None,
             last_ts: 0,
+            health: Default::default(),
         }
     }
 

@@ -152,6 +152,31 @@ enum Cmd {
         #[command(flatten)]
         trace: TraceArgs,
     },
+    /// Trace the whole host without a terminal and serve Prometheus metrics over HTTP (the
+    /// Kubernetes DaemonSet; see deploy/). Findings are also written to stdout as JSON lines
+    /// (the `watch --json` format); logs go to stderr.
+    Daemon {
+        /// Where to serve /metrics and /healthz.
+        #[arg(long, default_value = "0.0.0.0:9465", value_name = "ADDR:PORT")]
+        listen: String,
+        /// Processes exported with their own series (the most troubled first).
+        #[arg(long, default_value_t = 20, value_name = "N")]
+        top_processes: usize,
+        /// Jobs exported at most (gone jobs make room first).
+        #[arg(long, default_value_t = 500, value_name = "N")]
+        max_jobs: usize,
+        /// How long a job's series stay after its last process ended.
+        #[arg(long, default_value_t = 300.0, value_name = "SECS")]
+        gone_after_secs: f64,
+        /// /healthz fails when more than this percentage of events was lost in a minute.
+        #[arg(long, default_value_t = 1.0, value_name = "PERCENT")]
+        max_loss_percent: f64,
+        /// Also record everything to this trace file.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        trace: TraceArgs,
+    },
     /// Summarise a trace file.
     Report {
         file: PathBuf,
@@ -386,6 +411,34 @@ fn run() -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+        Cmd::Daemon {
+            listen,
+            top_processes,
+            max_jobs,
+            gone_after_secs,
+            max_loss_percent,
+            output,
+            trace,
+        } => {
+            if !(0.0..=100.0).contains(&max_loss_percent) {
+                bail!("--max-loss-percent must be from 0 to 100, got {max_loss_percent}");
+            }
+            if max_jobs == 0 {
+                bail!("--max-jobs must be at least 1");
+            }
+            let cfg = tracer::metrics::ExporterConfig {
+                top_processes,
+                max_jobs,
+                gone_after_ns: secs(Some(gone_after_secs), "--gone-after-secs")?
+                    .unwrap_or_default()
+                    .as_nanos() as u64,
+                max_loss_ratio: max_loss_percent / 100.0,
+            };
+            let mut opts = options(&trace)?;
+            opts.output = output.clone();
+            opts.print_every = Some(opts.sample_interval);
+            daemon(&listen, cfg, opts, output.as_ref())
+        }
         Cmd::Report {
             file,
             format,
@@ -426,6 +479,54 @@ fn run() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn daemon(
+    listen: &str,
+    cfg: tracer::metrics::ExporterConfig,
+    opts: collector::SessionOptions,
+    output: Option<&PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    use tracer::metrics::{
+        Exporter,
+        http::{Shared, Snapshot},
+    };
+    let shared: Shared = Default::default();
+    let mut exporter = Exporter::new(cfg);
+    let mut stream = tracer::watch::FindingStream::default();
+    let outcome =
+        runtime()?.block_on(async {
+            let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
+            format!(
+                "cannot listen on {listen} (--listen): is the port in use, or the address not \
+                 this host's?"
+            )
+        })?;
+            tracing::info!("serving /metrics and /healthz on {listen}");
+            tokio::spawn(tracer::metrics::http::serve(listener, shared.clone()));
+            collector::run(opts, |engine, _| {
+                exporter.update(engine, collector::monotonic_ns());
+                let health = exporter.health(engine);
+                *shared.lock().unwrap_or_else(|p| p.into_inner()) = Snapshot {
+                    metrics: exporter.render(engine),
+                    healthy: health.ok,
+                    health: health.text,
+                };
+                let lines: String = stream
+                    .changes(&engine.detectors.findings)
+                    .into_iter()
+                    .map(|(c, f)| tracer::watch::json_line(c, f))
+                    .collect();
+                // Metrics go on without a reader of the findings log.
+                if let Err(e) = out(&lines) {
+                    tracing::warn!("{e:#}");
+                }
+                true
+            })
+            .await
+        })?;
+    summarize(&outcome, output);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// What a session traces, for its first line.

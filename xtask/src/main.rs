@@ -78,6 +78,8 @@ const APT_PACKAGES: &[&str] = &[
     // The real-container test (host only): podman with runc.
     "podman",
     "runc",
+    // The guests' loopback (the daemon tests scrape 127.0.0.1).
+    "iproute2",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

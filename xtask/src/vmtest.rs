@@ -81,6 +81,8 @@ const HOST_TOOLS: &[&str] = &[
     // The findings tests' healthy control.
     "/usr/bin/redis-server",
     "/usr/bin/redis-benchmark",
+    // Brings the loopback up: the daemon tests serve and scrape on 127.0.0.1.
+    "/usr/bin/ip",
 ];
 
 /// Printed by `/init` after the last test binary, with how many failed.
@@ -102,6 +104,7 @@ mkdir -p /sys/fs/cgroup/unified
 mount -t cgroup2 cgroup2 /sys/fs/cgroup/unified
 echo 1 > /sys/fs/cgroup/memory/memory.use_hierarchy 2>/dev/null
 hostname vmtest
+ip link set lo up
 echo "vmtest: kernel $(uname -r), $(nproc) CPUs"
 failed=0
 run() {

@@ -57,6 +57,15 @@ pub fn tracer_bin() -> PathBuf {
     bin
 }
 
+/// The cgroup2 hierarchy: `/sys/fs/cgroup/unified` on hybrid hosts, else `/sys/fs/cgroup`.
+pub fn v2_root() -> PathBuf {
+    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|d| d.join("cgroup.controllers").exists())
+        .expect("a cgroup2 hierarchy (cgroup.controllers is v2-only)")
+}
+
 /// Debian's CPython, which the interpreter tests run.
 pub const PYTHON: &str = "/usr/bin/python3.11";
 

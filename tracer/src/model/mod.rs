@@ -319,6 +319,16 @@ impl Model {
         std::mem::take(&mut self.ended)
     }
 
+    /// Summaries of ended processes kept (at most the model's `max_finished`).
+    pub fn finished_len(&self) -> usize {
+        self.finished.len()
+    }
+
+    /// The job of a process (without building its whole summary).
+    pub fn job_info(&self, s: &ProcessSummary) -> JobInfo {
+        self.job_of(s.cgroup_id, s.memcg_id)
+    }
+
     pub fn live_processes(&self) -> usize {
         self.procs.len()
     }

@@ -129,6 +129,11 @@ impl WaitTable {
 
     /// The slot of `tid` if it is in a wait call, copied out. The kernel writes concurrently:
     /// `tgid` is read first and again after the rest, and a slot that changed is skipped.
+    /// Slots in the table (tids below this are tracked).
+    pub fn slots(&self) -> usize {
+        self.len
+    }
+
     pub fn get(&self, tid: u32) -> Option<WaitSlot> {
         let p = self.slot(tid)?;
         // SAFETY: inside the mapping; volatile because the kernel writes it.
