@@ -15,21 +15,38 @@ use std::{
 
 use common::*;
 
-/// `GET`/other method over a plain TCP connection: (status, body).
-fn http(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+/// `GET`/other method over a plain TCP connection: (status, body), or what went wrong.
+fn try_http(port: u16, method: &str, path: &str) -> Result<(u16, String), String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .map_err(|e| e.to_string())?;
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: test\r\n\r\n"
     )
-    .ok()?;
+    .map_err(|e| format!("write: {e}"))?;
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
+    s.read_to_end(&mut buf).map_err(|e| format!("read: {e}"))?;
     let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    Some((status, body.to_owned()))
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no header end in {text:?}"))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status in {head:?}"))?;
+    Ok((status, body.to_owned()))
+}
+
+fn http(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
+    match try_http(port, method, path) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("{method} {path}: {e}");
+            None
+        }
+    }
 }
 
 fn free_port() -> u16 {

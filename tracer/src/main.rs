@@ -494,37 +494,37 @@ fn daemon(
     let shared: Shared = Default::default();
     let mut exporter = Exporter::new(cfg);
     let mut stream = tracer::watch::FindingStream::default();
-    let outcome =
-        runtime()?.block_on(async {
-            let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
-            format!(
-                "cannot listen on {listen} (--listen): is the port in use, or the address not \
-                 this host's?"
-            )
-        })?;
-            tracing::info!("serving /metrics and /healthz on {listen}");
-            tokio::spawn(tracer::metrics::http::serve(listener, shared.clone()));
-            collector::run(opts, |engine, _| {
-                exporter.update(engine, collector::monotonic_ns());
-                let health = exporter.health(engine);
-                *shared.lock().unwrap_or_else(|p| p.into_inner()) = Snapshot {
-                    metrics: exporter.render(engine),
-                    healthy: health.ok,
-                    health: health.text,
-                };
-                let lines: String = stream
-                    .changes(&engine.detectors.findings)
-                    .into_iter()
-                    .map(|(c, f)| tracer::watch::json_line(c, f))
-                    .collect();
-                // Metrics go on without a reader of the findings log.
-                if let Err(e) = out(&lines) {
-                    tracing::warn!("{e:#}");
-                }
-                true
-            })
-            .await
-        })?;
+    let listener = std::net::TcpListener::bind(listen).with_context(|| {
+        format!(
+            "cannot listen on {listen} (--listen): is the port in use, or the address not this \
+             host's?"
+        )
+    })?;
+    tracer::metrics::http::spawn(listener, shared.clone())
+        .context("starting the metrics endpoint's thread")?;
+    tracing::info!("serving /metrics and /healthz on {listen}");
+    let outcome = runtime()?.block_on(async {
+        collector::run(opts, |engine, _| {
+            exporter.update(engine, collector::monotonic_ns());
+            let health = exporter.health(engine);
+            *shared.lock().unwrap_or_else(|p| p.into_inner()) = Snapshot {
+                metrics: exporter.render(engine),
+                healthy: health.ok,
+                health: health.text,
+            };
+            let lines: String = stream
+                .changes(&engine.detectors.findings)
+                .into_iter()
+                .map(|(c, f)| tracer::watch::json_line(c, f))
+                .collect();
+            // Metrics go on without a reader of the findings log.
+            if let Err(e) = out(&lines) {
+                tracing::warn!("{e:#}");
+            }
+            true
+        })
+        .await
+    })?;
     summarize(&outcome, output);
     Ok(ExitCode::SUCCESS)
 }

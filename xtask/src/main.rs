@@ -45,6 +45,12 @@ enum Cmd {
         #[arg(long = "kernel", value_name = "VERSION")]
         kernels: Vec<String>,
     },
+    /// Build the release binary linked statically (runs on any x86_64 Linux, in a `FROM
+    /// scratch` image, copied to a VM): target/dist/tracer, without debug info.
+    Dist,
+    /// `dist`, then build the container image localhost/tracer:<version> from
+    /// deploy/Dockerfile with podman.
+    Image,
     /// Set up, then measure tracing overhead against bpftrace, throughput and collector RSS.
     Bench {
         /// Iterations of each hot loop.
@@ -80,7 +86,12 @@ const APT_PACKAGES: &[&str] = &[
     "runc",
     // The guests' loopback (the daemon tests scrape 127.0.0.1).
     "iproute2",
+    // A virtualenv for the manifest validator (kubernetes-validate, from PyPI).
+    "python3-venv",
 ];
+/// The schema validator the deploy test runs on deploy/*.yaml, and where it is installed.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+pub const TOOLS_VENV: &str = "target/tools/venv";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 fn main() -> anyhow::Result<()> {
@@ -88,6 +99,15 @@ fn main() -> anyhow::Result<()> {
     let root = workspace_root();
     match cli.cmd {
         Cmd::Setup => setup(),
+        Cmd::Dist => {
+            setup()?;
+            dist(&root).map(|_| ())
+        }
+        Cmd::Image => {
+            setup()?;
+            dist(&root)?;
+            image(&root)
+        }
         Cmd::Run { args } => {
             setup()?;
             cargo(&root, &["build", "--release", "-p", "tracer"])?;
@@ -103,8 +123,10 @@ fn main() -> anyhow::Result<()> {
             cargo(&root, &["fmt", "--all", "--", "--check"])?;
             cargo(&root, &["clippy", "--all-targets", "--", "-D", "warnings"])?;
             clippy_ebpf(&root)?;
-            // The integration tests run the tracer binary: build it first.
+            // The integration tests run the tracer binary: build it first; the container test
+            // runs the static release binary.
             cargo(&root, &["build", "-p", "tracer", "--bins"])?;
+            dist(&root)?;
             let (passed, failed) = cargo_test(&root)?;
             let (vm_passed, vm_failed) = if host_only {
                 (0, 0)
@@ -161,6 +183,61 @@ fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
     if !status.success() {
         bail!("`cargo {}` failed ({status})", args.join(" "));
     }
+    Ok(())
+}
+
+/// The static release binary, stripped of debug info: target/dist/tracer.
+fn dist(root: &Path) -> anyhow::Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let target = "x86_64-unknown-linux-gnu";
+    eprintln!("xtask: cargo build --release -p tracer --target {target} (+crt-static)");
+    // Through the target's own RUSTFLAGS: build scripts and the eBPF build are not touched.
+    run(Command::new(&cargo)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "tracer",
+            "--bin",
+            "tracer",
+            "--target",
+            target,
+        ])
+        .env(
+            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+            "-C target-feature=+crt-static",
+        )
+        .current_dir(root))?;
+    let built = root.join(format!("target/{target}/release/tracer"));
+    let dir = root.join("target/dist");
+    std::fs::create_dir_all(&dir)?;
+    let out = dir.join("tracer");
+    run(Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(&built)
+        .arg(&out))
+    .context("objcopy (binutils)")?;
+    // Static: no interpreter, no needed libraries.
+    let elf = std::fs::read(&out)?;
+    let obj = String::from_utf8_lossy(&elf);
+    if obj.contains("/lib64/ld-linux-x86-64.so.2") {
+        bail!(
+            "{} still names the dynamic loader: not static",
+            out.display()
+        );
+    }
+    eprintln!("xtask: {} ({} bytes, static)", out.display(), elf.len());
+    Ok(out)
+}
+
+/// localhost/tracer:<version> from deploy/Dockerfile, with target/dist as the context.
+fn image(root: &Path) -> anyhow::Result<()> {
+    let tag = format!("localhost/tracer:{}", env!("CARGO_PKG_VERSION"));
+    run(Command::new("podman")
+        .args(["build", "-t", &tag, "-f"])
+        .arg(root.join("deploy/Dockerfile"))
+        .arg(root.join("target/dist")))?;
+    eprintln!("xtask: built {tag}; deploy/daemonset.yaml runs it");
     Ok(())
 }
 
@@ -223,14 +300,16 @@ fn kernel_release() -> String {
 /// kernel of the matrix; prints a kernel × result table and returns the totals.
 fn matrix(root: &Path, kernels: &[String]) -> anyhow::Result<(u64, u64)> {
     let mut bins = vmtest::test_binaries(root, &["tracer", "tracer-tests"])?;
-    // The guests have no container runtime: tests/containers.rs runs on the host only.
+    // The guests have no container runtime and no Python: tests/containers.rs (podman) and
+    // tests/deploy.rs (the manifest validator) run on the host only.
     bins.retain(|b| {
-        let host_only = b
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("containers-"));
+        let host_only = b.file_name().is_some_and(|n| {
+            let n = n.to_string_lossy();
+            n.starts_with("containers-") || n.starts_with("deploy-")
+        });
         if host_only {
             eprintln!(
-                "xtask: vmtest: {} runs on the host only (no podman in the guests)",
+                "xtask: vmtest: {} runs on the host only (no podman or Python in the guests)",
                 b.display()
             );
         }
@@ -270,7 +349,30 @@ fn apt_installed(pkg: &str) -> bool {
 
 fn setup() -> anyhow::Result<()> {
     apt_install(APT_PACKAGES)?;
-    setup_linker()
+    setup_linker()?;
+    setup_validator(&workspace_root())
+}
+
+/// kubernetes-validate in a virtualenv of the workspace (Debian's pip refuses system-wide
+/// installs); nothing to do when that version is there.
+fn setup_validator(root: &Path) -> anyhow::Result<()> {
+    let venv = root.join(TOOLS_VENV);
+    let version = KUBERNETES_VALIDATE.rsplit("==").next().unwrap_or_default();
+    let have = Command::new(venv.join("bin/kubernetes-validate"))
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(version));
+    if have {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing {KUBERNETES_VALIDATE} into {}",
+        venv.display()
+    );
+    run(Command::new("python3").arg("-m").arg("venv").arg(&venv))
+        .context("python3 -m venv (apt-get install python3-venv)")?;
+    run(Command::new(venv.join("bin/pip")).args(["install", "-q", KUBERNETES_VALIDATE]))
+        .context("pip install kubernetes-validate (from PyPI)")
 }
 
 /// Installs the Debian packages of `pkgs` that are missing (none: no apt call at all).

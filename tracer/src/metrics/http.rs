@@ -32,6 +32,26 @@ const MAX_CONNECTIONS: usize = 16;
 /// A client that does not send its request (or read the answer) within this is dropped.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Serves on a thread of its own, so that scrapes are answered however busy the collector's
+/// event loop is.
+pub fn spawn(listener: std::net::TcpListener, shared: Shared) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("tracer-http".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(l) => serve(l, shared).await,
+                    Err(e) => tracing::error!("metrics endpoint: {e}"),
+                }
+            })
+        })?;
+    Ok(())
+}
+
 /// Serves until the runtime stops.
 pub async fn serve(listener: TcpListener, shared: Shared) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
