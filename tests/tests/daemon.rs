@@ -231,7 +231,7 @@ fn a_leaking_pod_container_is_scraped_with_its_labels_counts_and_finding() {
     };
     let job = format!("k8s:{ns}/leaky-0/worker");
     let mut with_job = labels.to_vec();
-    with_job.push(("job", &job));
+    with_job.push(("job_name", &job));
     with_job.push(("job_kind", "k8s"));
     let get = |name: &str| {
         value(&scrape, name, &with_job).unwrap_or_else(|| panic!("{name} missing:\n{scrape}"))

@@ -68,3 +68,38 @@ fn the_manifests_pass_strict_schema_validation() {
     .unwrap();
     assert!(!validate(&[broken]).status.success(), "a typo must fail");
 }
+
+#[test]
+fn the_dashboard_queries_only_metrics_the_daemon_exports() {
+    let text = std::fs::read_to_string(root().join("deploy/grafana-dashboard.json")).unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    assert!(dash["panels"].as_array().is_some_and(|p| p.len() >= 10));
+    let source = std::fs::read_to_string(root().join("tracer/src/metrics/mod.rs")).unwrap();
+    let mut names = Vec::new();
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().expect("targets") {
+            let expr = t["expr"].as_str().expect("an expr");
+            let mut rest = expr;
+            while let Some(i) = rest.find(|c: char| c.is_ascii_lowercase()) {
+                rest = &rest[i..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                let word = &rest[..end];
+                if word.starts_with("tracer_") || word.starts_with("process_") {
+                    names.push(word.to_owned());
+                }
+                rest = &rest[end..];
+            }
+        }
+    }
+    assert!(names.len() >= 15, "{names:?}");
+    for n in names {
+        // Counters are registered without `_total` (the encoder adds it).
+        let registered = n.strip_suffix("_total").unwrap_or(&n);
+        assert!(
+            source.contains(&format!("\"{registered}\"")),
+            "the dashboard queries {n}, which the daemon does not export"
+        );
+    }
+}

@@ -49,7 +49,8 @@ const LOSS_WINDOW_NS: u64 = 60_000_000_000;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct JobLabels {
-    job: String,
+    /// Not `job`: Prometheus sets that label on every series to its scrape job's name.
+    job_name: String,
     job_kind: String,
     namespace: String,
     pod: String,
@@ -61,7 +62,7 @@ impl JobLabels {
         // Names come from traced processes' cgroups and the node's files: untrusted.
         let clean = |s: Option<&String>| s.map_or_else(String::new, |v| escape::term(v));
         Self {
-            job: escape::term(name),
+            job_name: escape::term(name),
             job_kind: j.kind.clone(),
             namespace: clean(j.namespace.as_ref()),
             pod: clean(j.pod.as_ref()),
@@ -72,7 +73,7 @@ impl JobLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FindingLabels {
-    job: String,
+    job_name: String,
     namespace: String,
     pod: String,
     container: String,
@@ -81,7 +82,7 @@ struct FindingLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LimitLabels {
-    job: String,
+    job_name: String,
     namespace: String,
     pod: String,
     container: String,
@@ -92,7 +93,7 @@ struct LimitLabels {
 struct ProcessLabels {
     pid: String,
     comm: String,
-    job: String,
+    job_name: String,
     namespace: String,
     pod: String,
     container: String,
@@ -442,7 +443,7 @@ impl Exporter {
             let job = escape::term(&f.job);
             active
                 .get_or_create(&FindingLabels {
-                    job: job.clone(),
+                    job_name: job.clone(),
                     namespace: ns.clone(),
                     pod: pod.clone(),
                     container: container.clone(),
@@ -453,7 +454,7 @@ impl Exporter {
                 && let Some(secs) = f.evidence.get("eta_s").and_then(|v| v.as_f64())
             {
                 let g = eta.get_or_create(&LimitLabels {
-                    job,
+                    job_name: job,
                     namespace: ns,
                     pod,
                     container,
@@ -514,7 +515,7 @@ impl Exporter {
             let l = ProcessLabels {
                 pid: s.pid.to_string(),
                 comm: escape::term(&s.comm),
-                job: j.job,
+                job_name: j.job_name,
                 namespace: j.namespace,
                 pod: j.pod,
                 container: j.container,
