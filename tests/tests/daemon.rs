@@ -49,13 +49,6 @@ fn http(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// The series of `name` whose labels include every `k="v"` of `labels`, with their values.
 fn series<'a>(scrape: &'a str, name: &str, labels: &[(&str, &str)]) -> Vec<(&'a str, f64)> {
     scrape
@@ -86,27 +79,57 @@ fn value(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 struct Daemon {
     child: Child,
     port: u16,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Daemon {
+    /// Starts it on a port the kernel picks (read from its log: two daemons of parallel tests
+    /// must not race for one), once it is healthy.
     fn start(extra: &[&str]) -> Self {
         require_root();
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let child = Command::new(tracer_bin())
-            .args(["daemon", "--listen", &listen])
+        let mut child = Command::new(tracer_bin())
+            .args(["daemon", "--listen", "127.0.0.1:0"])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("tracer daemon");
-        let d = Self { child, port };
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let keep = log.clone();
+        // Drains stderr for the whole run (a full pipe would block the daemon).
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(addr) = line.split("serving /metrics and /healthz on ").nth(1) {
+                    let _ = tx.send(
+                        addr.rsplit(':')
+                            .next()
+                            .and_then(|p| p.trim().parse::<u16>().ok()),
+                    );
+                }
+                let mut l = keep.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let port = rx
+            .recv_timeout(Duration::from_secs(60))
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("no listening address logged:\n{}", log.lock().unwrap()));
+        let d = Self { child, port, log };
         // Ready when /healthz answers (probes load and the host is seeded first).
         let t = Instant::now();
         while http(port, "GET", "/healthz").is_none_or(|(s, _)| s != 200) {
             assert!(
                 t.elapsed() < Duration::from_secs(60),
-                "the daemon did not become healthy"
+                "the daemon did not become healthy:\n{}",
+                d.log.lock().unwrap()
             );
             std::thread::sleep(Duration::from_millis(200));
         }

@@ -276,3 +276,28 @@ fn completions_and_man_pages_come_from_the_command_line_definition() {
     assert!(dir.join("tracer.1").is_file());
     assert!(dir.join("tracer-run.1").is_file());
 }
+
+#[test]
+fn top_without_a_terminal_prints_the_plain_table() {
+    require_root();
+    let quiet = Outside(
+        Command::new(workload())
+            .args(["park", "2", "30000"])
+            .spawn()
+            .expect("a parked workload"),
+    );
+    let pid = quiet.0.id().to_string();
+    std::thread::sleep(Duration::from_millis(300));
+    // stdout is a pipe here: no interactive view, whatever --no-tui says.
+    let out = run_tracer(&["top", "-p", &pid, "-d", "2.5", "--every", "1"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tables = text.matches("--- ").count();
+    assert!((2..=4).contains(&tables), "a table a second: {text}");
+    let row = text
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{pid} ")))
+        .unwrap_or_else(|| panic!("the workload's row: {text}"));
+    assert!(row.contains("workload"), "{row}");
+    assert!(!text.contains('\x1b'), "no escapes off a terminal");
+}

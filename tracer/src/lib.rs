@@ -20,6 +20,7 @@ pub mod report;
 pub mod seed;
 pub mod stacks;
 pub mod terminal;
+pub mod top;
 pub mod tracefile;
 pub mod waits;
 pub mod watch;

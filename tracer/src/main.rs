@@ -156,7 +156,7 @@ enum Cmd {
     /// Kubernetes DaemonSet; see deploy/). Findings are also written to stdout as JSON lines
     /// (the `watch --json` format); logs go to stderr.
     Daemon {
-        /// Where to serve /metrics and /healthz.
+        /// Where to serve /metrics and /healthz (port 0: one the kernel picks, logged).
         #[arg(long, default_value = "0.0.0.0:9465", value_name = "ADDR:PORT")]
         listen: String,
         /// Processes exported with their own series (the most troubled first).
@@ -317,8 +317,11 @@ fn run() -> anyhow::Result<ExitCode> {
             let mut opts = options(&trace)?;
             opts.output = output;
             opts.print_every = secs(Some(every), "--every")?;
-            if !no_tui && std::io::stdout().is_terminal() {
-                tracing::debug!("interactive view not built yet: printing tables");
+            if !no_tui && std::io::stdout().is_terminal() && std::io::stdin().is_terminal() {
+                let every = opts.print_every.unwrap_or(Duration::from_secs(2));
+                let outcome = runtime()?.block_on(tracer::top::app::run(opts, every))?;
+                summarize(&outcome, None);
+                return Ok(ExitCode::SUCCESS);
             }
             eprintln!("tracing {}; Ctrl-C to stop", scope(&opts));
             let outcome = runtime()?.block_on(collector::run(opts, |engine, elapsed| {
@@ -500,9 +503,13 @@ fn daemon(
              host's?"
         )
     })?;
+    // The bound address: with port 0 the kernel chose it.
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| listen.to_owned(), |a| a.to_string());
     tracer::metrics::http::spawn(listener, shared.clone())
         .context("starting the metrics endpoint's thread")?;
-    tracing::info!("serving /metrics and /healthz on {listen}");
+    tracing::info!("serving /metrics and /healthz on {addr}");
     let outcome = runtime()?.block_on(async {
         collector::run(opts, |engine, _| {
             exporter.update(engine, collector::monotonic_ns());
@@ -601,7 +608,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        // stderr, held while `top` owns the screen.
+        .with_writer(|| tracer::terminal::LogGate)
         // Colours only on a terminal, and not with NO_COLOR.
         .with_ansi(tracer::terminal::colour_stderr())
         .init();

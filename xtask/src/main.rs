@@ -86,6 +86,8 @@ const APT_PACKAGES: &[&str] = &[
     "runc",
     // The guests' loopback (the daemon tests scrape 127.0.0.1).
     "iproute2",
+    // The live view's test drives the binary in a terminal.
+    "tmux",
     // A virtualenv for the manifest validator (kubernetes-validate, from PyPI).
     "python3-venv",
 ];
@@ -300,16 +302,16 @@ fn kernel_release() -> String {
 /// kernel of the matrix; prints a kernel × result table and returns the totals.
 fn matrix(root: &Path, kernels: &[String]) -> anyhow::Result<(u64, u64)> {
     let mut bins = vmtest::test_binaries(root, &["tracer", "tracer-tests"])?;
-    // The guests have no container runtime and no Python: tests/containers.rs (podman) and
-    // tests/deploy.rs (the manifest validator) run on the host only.
+    // The guests have no container runtime, Python or tmux: tests/containers.rs (podman),
+    // tests/deploy.rs (the manifest validator) and tests/top.rs (tmux) run on the host only.
     bins.retain(|b| {
         let host_only = b.file_name().is_some_and(|n| {
             let n = n.to_string_lossy();
-            n.starts_with("containers-") || n.starts_with("deploy-")
+            n.starts_with("containers-") || n.starts_with("deploy-") || n.starts_with("top-")
         });
         if host_only {
             eprintln!(
-                "xtask: vmtest: {} runs on the host only (no podman or Python in the guests)",
+                "xtask: vmtest: {} runs on the host only (no podman, Python or tmux in the guests)",
                 b.display()
             );
         }

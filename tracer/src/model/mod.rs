@@ -963,6 +963,19 @@ impl Model {
             .collect()
     }
 
+    /// The whole summary of one live process (its sites, waiting threads and series): the
+    /// live view's drill-down.
+    pub fn live_summary(&self, pid: u32) -> Option<ProcessSummary> {
+        let p = self.procs.get(&pid)?;
+        let mut s = ProcessSummary {
+            creator_sites: self.creator_sites(p),
+            series: self.series.procs.get(&(pid, p.sum.first_seen_ns)).cloned(),
+            ..self.named(&p.sum)
+        };
+        self.census(p, &mut s);
+        Some(s)
+    }
+
     fn named(&self, s: &ProcessSummary) -> ProcessSummary {
         let job_info = self.job_of(s.cgroup_id, s.memcg_id);
         ProcessSummary {
