@@ -107,10 +107,13 @@ fn wait_for(child: &mut Child, max: Duration) -> (i32, String, String) {
 #[test]
 fn run_prints_the_summary_and_findings_and_exits_with_the_commands_status() {
     require_root();
-    let script = format!("{}; exit 7", leaker("10", "10"));
+    let script = format!("{}; echo the command output; exit 7", leaker("10", "10"));
+    let summary = temp_path("run.json");
     let out = run_tracer(&[
         "run",
         "--json",
+        "--summary-file",
+        summary.to_str().unwrap(),
         "--sample-ms",
         "100",
         "--runaway-window-secs",
@@ -121,7 +124,13 @@ fn run_prints_the_summary_and_findings_and_exits_with_the_commands_status() {
         &script,
     ]);
     assert_eq!(out.status.code(), Some(7), "{}", stderr_of(&out));
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "the command output\n",
+        "stdout is the command's"
+    );
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&summary).unwrap()).expect("a JSON report");
     assert_eq!(r["lost_events"], 0);
     assert_eq!(r["exit_code"], 7);
     let procs = r["processes"].as_array().expect("processes");
@@ -143,11 +152,12 @@ fn run_prints_the_summary_and_findings_and_exits_with_the_commands_status() {
     assert_eq!(f.len(), 1, "{:#?}", r["findings"]);
     assert_eq!(f[0]["pid"], p["pid"]);
 
-    // Text: the same summary for people, findings first.
+    // Text: the same summary for people, findings first, on stderr (like perf stat).
     let out = run_tracer(&["run", "--", "sh", "-c", "exit 3"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = stderr_of(&out);
     assert!(text.contains("findings: none"), "{text}");
+    assert!(out.stdout.is_empty());
 }
 
 #[test]
@@ -300,4 +310,46 @@ fn top_without_a_terminal_prints_the_plain_table() {
         .unwrap_or_else(|| panic!("the workload's row: {text}"));
     assert!(row.contains("workload"), "{row}");
     assert!(!text.contains('\x1b'), "no escapes off a terminal");
+}
+
+#[test]
+fn the_report_of_a_file_is_what_the_live_run_showed() {
+    require_root();
+    let path = temp_path("same.trc");
+    // Threads that park and leak, a child process, memory: every part of the summary.
+    let script = format!(
+        "{} leak 10 6 & {} park 3 1500; {} leak 2 2 4 3; wait",
+        env!("LEAKER_BIN"),
+        workload(),
+        workload()
+    );
+    let summary = temp_path("same.json");
+    let out = run_tracer(&[
+        "run",
+        "--json",
+        "--summary-file",
+        summary.to_str().unwrap(),
+        "-o",
+        path.to_str().unwrap(),
+        "--sample-ms",
+        "200",
+        "--runaway-window-secs",
+        "3",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let live: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&summary).unwrap()).expect("the live report");
+    let out = run_report(&path, &["--format", "json"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let file: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the file's report");
+    for key in ["processes", "jobs", "findings", "host", "lost_events", "exit_code"] {
+        assert_eq!(live[key], file[key], "{key} differs between the live run and the file");
+    }
+    assert!(live["processes"].as_array().unwrap().len() >= 4);
+    assert!(!live["findings"].as_array().unwrap().is_empty(), "the leaker's finding");
+    assert_eq!(file["findings_match_live"], true);
 }

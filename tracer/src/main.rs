@@ -124,11 +124,15 @@ enum Cmd {
         command: Vec<String>,
     },
     /// Run a command, trace it and its descendants, and print their summary and findings when
-    /// it exits (like `perf stat`). Exits with the command's status.
+    /// it exits (like `perf stat`: on stderr, so the command's stdout stays its own). Exits
+    /// with the command's status.
     Run {
-        /// Print the report as JSON (the `report --format json` schema).
+        /// The summary as JSON (the `report --format json` schema).
         #[arg(long)]
         json: bool,
+        /// Write the summary to this file instead of stderr.
+        #[arg(long, value_name = "FILE")]
+        summary_file: Option<PathBuf>,
         /// Also record everything to this trace file.
         #[arg(short, long)]
         output: Option<PathBuf>,
@@ -351,6 +355,7 @@ fn run() -> anyhow::Result<ExitCode> {
         }
         Cmd::Run {
             json,
+            summary_file,
             output,
             trace,
             command,
@@ -372,8 +377,16 @@ fn run() -> anyhow::Result<ExitCode> {
             } else {
                 report::render_text(&r, 40)
             };
-            out(&text)?;
             summarize(&outcome, output.as_ref());
+            match &summary_file {
+                Some(p) => std::fs::write(p, text).with_context(|| {
+                    format!(
+                        "writing the summary to {} (--summary-file)",
+                        escape::term(&p.display().to_string())
+                    )
+                })?,
+                None => eprint!("{text}"),
+            }
             Ok(exit_status(outcome.exit_code))
         }
         Cmd::Watch {
