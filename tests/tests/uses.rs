@@ -346,10 +346,23 @@ fn the_report_of_a_file_is_what_the_live_run_showed() {
     let out = run_report(&path, &["--format", "json"]);
     assert!(out.status.success(), "{}", stderr_of(&out));
     let file: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the file's report");
-    for key in ["processes", "jobs", "findings", "host", "lost_events", "exit_code"] {
-        assert_eq!(live[key], file[key], "{key} differs between the live run and the file");
+    for key in [
+        "processes",
+        "jobs",
+        "findings",
+        "host",
+        "lost_events",
+        "exit_code",
+    ] {
+        assert_eq!(
+            live[key], file[key],
+            "{key} differs between the live run and the file"
+        );
     }
     assert!(live["processes"].as_array().unwrap().len() >= 4);
-    assert!(!live["findings"].as_array().unwrap().is_empty(), "the leaker's finding");
+    assert!(
+        !live["findings"].as_array().unwrap().is_empty(),
+        "the leaker's finding"
+    );
     assert_eq!(file["findings_match_live"], true);
 }

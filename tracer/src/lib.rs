@@ -11,6 +11,7 @@ pub mod detect;
 pub mod engine;
 pub mod escape;
 pub mod events;
+pub mod export;
 pub mod health;
 pub mod jobscan;
 pub mod metrics;

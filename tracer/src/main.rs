@@ -193,6 +193,16 @@ enum Cmd {
         #[arg(long, default_value_t = 10.0, value_name = "SECS")]
         long_park_secs: f64,
     },
+    /// Convert a trace file for other tools: JSON lines (one record per line, for jq, pandas
+    /// or DuckDB; schema in README) or a Perfetto trace (opens in ui.perfetto.dev).
+    Export {
+        file: PathBuf,
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// Where to write it (default: stdout).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// Print a shell completion script (e.g. `tracer completions bash >
     /// /etc/bash_completion.d/tracer`).
     Completions { shell: clap_complete::Shell },
@@ -202,6 +212,11 @@ enum Cmd {
         #[arg(value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    Jsonl,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -482,6 +497,52 @@ fn run() -> anyhow::Result<ExitCode> {
                 Format::Text => report::render_text(&r, if all { usize::MAX } else { 40 }),
             };
             out(&text)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Export {
+            file,
+            format,
+            output,
+        } => {
+            let f = File::open(&file).with_context(|| {
+                format!(
+                    "cannot open trace file {}",
+                    escape::term(&file.display().to_string())
+                )
+            })?;
+            let input = BufReader::with_capacity(1 << 20, f);
+            let sink: Box<dyn Write> = match &output {
+                Some(p) => Box::new(std::io::BufWriter::new(File::create(p).with_context(
+                    || format!("cannot create {}", escape::term(&p.display().to_string())),
+                )?)),
+                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+            };
+            let written = match format {
+                ExportFormat::Jsonl => tracer::export::jsonl::write(input, sink),
+            };
+            let w = match written {
+                Ok(w) => w,
+                // `| head`: a normal way to stop reading.
+                Err(tracer::export::ExportError::Write(e)) if e.kind() == ErrorKind::BrokenPipe => {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("exporting {}", escape::term(&file.display().to_string()))
+                    });
+                }
+            };
+            if let Some(t) = &w.truncated {
+                eprintln!("tracer: warning: {}: {t}", file.display());
+            }
+            if w.undecodable > 0 {
+                eprintln!(
+                    "tracer: warning: {}: {} undecodable events left out",
+                    file.display(),
+                    w.undecodable
+                );
+            }
+            tracing::info!(events = w.events, records = w.records, "exported");
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Completions { shell } => {
