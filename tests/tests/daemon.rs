@@ -259,8 +259,7 @@ fn a_leaking_pod_container_is_scraped_with_its_labels_counts_and_finding() {
     let get = |name: &str| {
         value(&scrape, name, &with_job).unwrap_or_else(|| panic!("{name} missing:\n{scrape}"))
     };
-    // One process: its main thread plus every thread it created (none exits), all parked but
-    // the newest, which may not have reached its wait at the sample.
+    // One process: its main thread plus every thread it created (none exits), all parked.
     assert_eq!(get("tracer_job_processes"), 1.0);
     let threads = get("tracer_job_threads");
     let created = get("tracer_job_threads_created_total");
@@ -268,8 +267,9 @@ fn a_leaking_pod_container_is_scraped_with_its_labels_counts_and_finding() {
     assert!(created >= 10.0, "{created}");
     assert_eq!(get("tracer_job_threads_exited_total"), 0.0);
     let parked = get("tracer_job_futex_parked_threads");
+    // The newest may not have reached their wait at the sample (several under emulation).
     assert!(
-        parked <= created && parked + 2.0 >= created,
+        parked <= created && parked >= created * 0.8,
         "{parked} of {created}"
     );
     assert!(get("tracer_job_rss_bytes") > 0.0);

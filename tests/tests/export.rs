@@ -86,3 +86,187 @@ fn e_header(e: &serde_json::Value) -> (u64, u32, u32) {
         e["tid"].as_u64().unwrap() as u32,
     )
 }
+
+#[test]
+fn perfetto_decodes_back_to_the_traces_tracks_slices_counters_and_flows() {
+    use std::collections::{HashMap, HashSet};
+
+    use perfetto_protos::{
+        trace::Trace, trace_packet::trace_packet::Data, track_event::track_event::Type,
+    };
+    use protobuf::Message as _;
+
+    // Three threads park 800 ms each; a leaker's threads park for good (blocked at the end).
+    let script = format!(
+        "{} park 3 800; {} leak 10 2",
+        workload(),
+        env!("LEAKER_BIN")
+    );
+    let t = record(&["--runaway-window-secs", "1"], &["sh", "-c", &script]);
+    assert_eq!(t.status, 0, "{}", t.stderr());
+    let out_path = temp_path("trace.pftrace");
+    let out = run_tracer(&[
+        "export",
+        t.path.to_str().unwrap(),
+        "--format",
+        "perfetto",
+        "-o",
+        out_path.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let bytes = std::fs::read(&out_path).unwrap();
+    let trace = Trace::parse_from_bytes(&bytes).expect("a Trace: TracePackets framed as field 1");
+    let mut threads: HashMap<u64, (i32, i32)> = HashMap::new();
+    let mut processes: HashMap<u64, i32> = HashMap::new();
+    let mut counters: HashMap<u64, (u64, String)> = HashMap::new();
+    let mut events = Vec::new();
+    for p in &trace.packet {
+        assert_eq!(p.trusted_packet_sequence_id(), 1);
+        match &p.data {
+            Some(Data::TrackDescriptor(d)) => {
+                if let Some(th) = d.thread.as_ref() {
+                    threads.insert(d.uuid(), (th.pid(), th.tid()));
+                } else if let Some(pr) = d.process.as_ref() {
+                    processes.insert(d.uuid(), pr.pid());
+                } else if d.counter.is_some() {
+                    counters.insert(d.uuid(), (d.parent_uuid(), d.name().to_owned()));
+                }
+            }
+            Some(Data::TrackEvent(e)) => events.push((p.timestamp(), e.clone())),
+            _ => {}
+        }
+    }
+    // A thread track per thread the trace saw, under its process's track.
+    let tids: HashSet<i32> = threads.values().map(|t| t.1).collect();
+    for e in &t.events {
+        if let tracer::events::Event::NewTask(n) = e {
+            assert!(
+                tids.contains(&(n.child_tid as i32)),
+                "no track for {}",
+                n.child_tid
+            );
+        }
+    }
+    let pids: HashSet<i32> = processes.values().copied().collect();
+    for p in &t.report.processes {
+        assert!(
+            pids.contains(&(p.pid as i32)),
+            "no track for process {}",
+            p.pid
+        );
+    }
+    // Every track an event names was described.
+    for (_, e) in &events {
+        let u = e.track_uuid();
+        assert!(
+            threads.contains_key(&u)
+                || processes.contains_key(&u)
+                || counters.contains_key(&u)
+                || u == 4 << 60,
+            "undescribed track {u:#x}"
+        );
+    }
+    // Slices: begins and ends pair up per track, properly nested (in time order).
+    let mut by_track: HashMap<u64, Vec<(u64, Type, String)>> = HashMap::new();
+    for (ts, e) in &events {
+        by_track
+            .entry(e.track_uuid())
+            .or_default()
+            .push((*ts, e.type_(), e.name().to_owned()));
+    }
+    let mut waits = HashMap::<String, u64>::new();
+    for (track, mut evs) in by_track {
+        evs.sort_by_key(|e| (e.0, e.1 == Type::TYPE_SLICE_BEGIN));
+        let mut stack: Vec<(u64, String)> = Vec::new();
+        for (ts, ty, name) in evs {
+            match ty {
+                Type::TYPE_SLICE_BEGIN => stack.push((ts, name)),
+                Type::TYPE_SLICE_END => {
+                    let (b, name) = stack
+                        .pop()
+                        .unwrap_or_else(|| panic!("unmatched end on {track:#x}"));
+                    assert!(ts >= b);
+                    if name.ends_with("wait") {
+                        *waits.entry(name).or_default() += 1;
+                        if ts - b >= 700_000_000 {
+                            *waits.entry("long".into()).or_default() += 1;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        assert!(stack.is_empty(), "unclosed slices on {track:#x}: {stack:?}");
+    }
+    let streamed = t
+        .events
+        .iter()
+        .filter(|e| matches!(e, tracer::events::Event::FutexWait(_)))
+        .count() as u64;
+    let park = t
+        .report
+        .processes
+        .iter()
+        .find(|p| p.exe.as_deref().is_some_and(|e| e.ends_with("/workload")))
+        .unwrap();
+    let leaker = t
+        .report
+        .processes
+        .iter()
+        .find(|p| p.exe.as_deref().is_some_and(|e| e.ends_with("/leaker")))
+        .unwrap();
+    // Every streamed futex wait, plus the leaker's threads still parked at the end.
+    let futex = waits.get("futex wait").copied().unwrap_or(0);
+    assert!(
+        futex >= streamed + leaker.futex_parked_now as u64 - 1,
+        "{futex} vs {streamed}"
+    );
+    assert!(
+        futex <= streamed + leaker.threads_live as u64,
+        "{futex} vs {streamed}"
+    );
+    assert!(waits["long"] >= 3, "the 800 ms parks: {waits:?}");
+    // Counters: RSS, mapped bytes and live threads per process; the last value of the live
+    // threads counter of the leaker is what the report says at the end.
+    let names: HashSet<&str> = counters.values().map(|c| c.1.as_str()).collect();
+    assert_eq!(
+        names,
+        HashSet::from(["RSS", "mapped bytes", "live threads"])
+    );
+    let leaker_track = processes
+        .iter()
+        .find(|&(_, &p)| p == leaker.pid as i32)
+        .map(|(u, _)| *u)
+        .unwrap();
+    let last_threads = events
+        .iter()
+        .filter(|(_, e)| {
+            e.type_() == Type::TYPE_COUNTER
+                && counters
+                    .get(&e.track_uuid())
+                    .is_some_and(|c| c.0 == leaker_track && c.1 == "live threads")
+        })
+        .max_by_key(|(ts, _)| *ts)
+        .map(|(_, e)| e.counter_value())
+        .expect("the leaker's live-threads counter");
+    assert!(last_threads >= 15, "{last_threads}");
+    // Flows: each created thread's lifetime slice terminates the flow its creator began.
+    let begun: HashSet<u64> = events
+        .iter()
+        .flat_map(|(_, e)| e.flow_ids.clone())
+        .collect();
+    let ended: HashSet<u64> = events
+        .iter()
+        .flat_map(|(_, e)| e.terminating_flow_ids.clone())
+        .collect();
+    assert_eq!(begun, ended);
+    assert!(begun.len() as u64 >= park.threads_created + leaker.threads_created);
+    // Findings as instants: the leaker's runaway.
+    assert!(
+        events
+            .iter()
+            .any(|(_, e)| e.type_() == Type::TYPE_INSTANT && e.name() == "finding: runaway_threads"),
+        "{:#?}",
+        t.report.findings
+    );
+}

@@ -217,6 +217,7 @@ enum Cmd {
 #[derive(Clone, Copy, ValueEnum)]
 enum ExportFormat {
     Jsonl,
+    Perfetto,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -517,10 +518,19 @@ fn run() -> anyhow::Result<ExitCode> {
                 )?)),
                 None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
             };
+            if matches!(format, ExportFormat::Perfetto)
+                && output.is_none()
+                && std::io::stdout().is_terminal()
+            {
+                bail!("a Perfetto trace is binary: give -o FILE.pftrace, or redirect stdout");
+            }
             let written = match format {
-                ExportFormat::Jsonl => tracer::export::jsonl::write(input, sink),
+                ExportFormat::Jsonl => tracer::export::jsonl::write(input, sink)
+                    .map(|w| (w.events, w.records, w.undecodable, w.truncated)),
+                ExportFormat::Perfetto => tracer::export::perfetto::write(input, sink)
+                    .map(|w| (w.packets, 0, 0, w.truncated)),
             };
-            let w = match written {
+            let (events, records, undecodable, truncated) = match written {
                 Ok(w) => w,
                 // `| head`: a normal way to stop reading.
                 Err(tracer::export::ExportError::Write(e)) if e.kind() == ErrorKind::BrokenPipe => {
@@ -532,17 +542,16 @@ fn run() -> anyhow::Result<ExitCode> {
                     });
                 }
             };
-            if let Some(t) = &w.truncated {
+            if let Some(t) = &truncated {
                 eprintln!("tracer: warning: {}: {t}", file.display());
             }
-            if w.undecodable > 0 {
+            if undecodable > 0 {
                 eprintln!(
-                    "tracer: warning: {}: {} undecodable events left out",
-                    file.display(),
-                    w.undecodable
+                    "tracer: warning: {}: {undecodable} undecodable events left out",
+                    file.display()
                 );
             }
-            tracing::info!(events = w.events, records = w.records, "exported");
+            tracing::info!(written = events, records, "exported");
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Completions { shell } => {

@@ -1,6 +1,7 @@
 //! Trace files into other tools' formats: JSON lines (`jsonl`) and Perfetto (`perfetto`).
 
 pub mod jsonl;
+pub mod perfetto;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {

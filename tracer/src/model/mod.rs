@@ -338,6 +338,22 @@ impl Model {
         self.procs.values().flat_map(|p| p.threads.keys().copied())
     }
 
+    /// Live threads blocked in a wait at the last sample: (pid, tid, futex (else poll), since).
+    pub fn blocked_threads(&self) -> Vec<(u32, u32, bool, u64)> {
+        let mut v = Vec::new();
+        for (&pid, p) in &self.procs {
+            for (&tid, t) in &p.threads {
+                if let Some(s) = t.futex_since {
+                    v.push((pid, tid, true, s));
+                } else if let Some(s) = t.poll_since {
+                    v.push((pid, tid, false, s));
+                }
+            }
+        }
+        v.sort_unstable();
+        v
+    }
+
     pub fn live_threads(&self) -> usize {
         self.procs.values().map(|p| p.threads.len()).sum()
     }
