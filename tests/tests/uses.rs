@@ -366,3 +366,89 @@ fn the_report_of_a_file_is_what_the_live_run_showed() {
     );
     assert_eq!(file["findings_match_live"], true);
 }
+
+/// The files of a rotated recording that exist, by index.
+fn rotated(base: &std::path::Path) -> Vec<(u32, PathBuf)> {
+    (0..100)
+        .map(|i| (i, tracer::collector::rotated_path(base, i)))
+        .filter(|(_, p)| p.is_file())
+        .collect()
+}
+
+#[test]
+fn record_rotates_by_age_keeps_the_newest_and_each_file_stands_alone() {
+    require_root();
+    let base = temp_path("rot.trc");
+    let out = run_record(
+        &base,
+        &["--sample-ms", "200", "--rotate-secs", "2", "--keep", "3"],
+        &[env!("LEAKER_BIN"), "leak", "10", "7"],
+    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let files = rotated(&base);
+    let idx: Vec<u32> = files.iter().map(|f| f.0).collect();
+    assert_eq!(idx.len(), 3, "--keep 3: {idx:?}");
+    assert!(idx[0] >= 1, "the oldest were removed: {idx:?}");
+    assert_eq!(idx, (idx[0]..idx[0] + 3).collect::<Vec<_>>());
+    let mut prev_end: Option<u32> = None;
+    for (i, (_, path)) in files.iter().enumerate() {
+        let r = read_report(path);
+        assert!(r.truncated.is_none(), "{path:?}: {:?}", r.truncated);
+        let last = i == files.len() - 1;
+        assert_eq!(
+            r.end_reason.as_deref(),
+            Some(if last { "command exited" } else { "rotated" })
+        );
+        let l = r
+            .processes
+            .iter()
+            .find(|p| p.comm == "leaker")
+            .unwrap_or_else(|| panic!("the leaker in {path:?}"));
+        // Each file starts from the last one's state: its seeded threads are the threads the
+        // previous file ended with (`threads_exited` leaves out the main thread's exit).
+        let seeded = u64::from(l.threads_live) + l.threads_exited - l.threads_created
+            + u64::from(l.exited_ns.is_some());
+        if let Some(p) = prev_end {
+            assert_eq!(seeded, u64::from(p), "{path:?}");
+        }
+        prev_end = Some(l.threads_live);
+        if !last {
+            assert!(
+                l.threads_created >= 10,
+                "2 s at 10/s: {}",
+                l.threads_created
+            );
+            assert!(
+                l.futex_parked_now + 3 >= l.threads_live,
+                "parked threads carried over"
+            );
+        }
+    }
+}
+
+#[test]
+fn record_rotates_by_size() {
+    require_root();
+    let base = temp_path("size.trc");
+    let out = run_record(
+        &base,
+        &["--sample-ms", "100", "--rotate-mb", "0.03"],
+        &[env!("LEAKER_BIN"), "leak", "20", "3"],
+    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let files = rotated(&base);
+    assert!(files.len() >= 3, "{files:?}");
+    assert_eq!(files[0].0, 0, "without --keep every file stays");
+    for (_, p) in &files[..files.len() - 1] {
+        let len = std::fs::metadata(p).unwrap().len();
+        // Checked each sample: past the size by at most one sample's events.
+        assert!(
+            (30 << 10..(30 << 10) + (64 << 10)).contains(&len),
+            "{p:?}: {len}"
+        );
+        read_report(p);
+    }
+    let out = run_tracer(&["record", "-o", "/tmp/x.trc", "--keep", "2", "-d", "1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("--keep needs --rotate-mb or --rotate-secs"));
+}

@@ -55,6 +55,30 @@ pub struct SessionOptions {
     pub stack_burst: u32,
     /// The detectors' thresholds and windows.
     pub detect: crate::detect::DetectConfig,
+    /// Start a new trace file past this size or age; keep this many (None: all).
+    pub rotate: Option<Rotate>,
+}
+
+/// Trace file rotation (`record --rotate-mb/--rotate-secs/--keep`). Checked at each sample, so
+/// a file grows past `max_bytes` by at most one sample's events.
+#[derive(Clone, Debug, Default)]
+pub struct Rotate {
+    pub max_bytes: Option<u64>,
+    pub max_age: Option<Duration>,
+    pub keep: Option<usize>,
+}
+
+/// The name of file `index` of a rotated recording: `trace.trc` → `trace.000003.trc`.
+pub fn rotated_path(base: &std::path::Path, index: u32) -> PathBuf {
+    let stem = base
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "trace".into());
+    let name = match base.extension() {
+        Some(ext) => format!("{stem}.{index:06}.{}", ext.to_string_lossy()),
+        None => format!("{stem}.{index:06}"),
+    };
+    base.with_file_name(name)
 }
 
 impl Default for SessionOptions {
@@ -74,6 +98,7 @@ impl Default for SessionOptions {
             stacks_per_sec: 20,
             stack_burst: 200,
             detect: Default::default(),
+            rotate: None,
         }
     }
 }
@@ -101,6 +126,19 @@ pub fn monotonic_ns() -> u64 {
 struct Sink {
     writer: Option<TraceWriter<BufWriter<File>>>,
     path: Option<PathBuf>,
+    rotation: Option<Rotation>,
+    /// Events and bytes of files already closed by rotation.
+    closed_events: u64,
+    closed_bytes: u64,
+}
+
+struct Rotation {
+    opts: Rotate,
+    base: PathBuf,
+    index: u32,
+    opened: Instant,
+    /// Files written, oldest first (those `keep` let go are deleted).
+    files: std::collections::VecDeque<PathBuf>,
 }
 
 impl Sink {
@@ -149,6 +187,8 @@ struct Session {
     last_limits: Option<std::time::Instant>,
     /// With `--job`: finds processes entering the jobs.
     jobscan: Option<crate::jobscan::JobScan>,
+    /// The start record, for each file of a rotated recording.
+    start: Option<Meta>,
 }
 
 /// How often the limits of the live processes' cgroups are re-read.
@@ -327,6 +367,7 @@ impl Session {
             }
         }
         self.join_jobs()?;
+        self.maybe_rotate()?;
         let waiting = self.probes.waiting(self.model().live_tids());
         self.note_health(waiting.len());
         let (waits, blocked) = wait_snapshot(waiting.into_iter(), now, self.min_wait_ns);
@@ -412,26 +453,124 @@ fn seed_blocked(probes: &Probes, seeds: &[crate::tracefile::ProcessSeed]) -> usi
     n
 }
 
-fn open_sink(output: Option<&PathBuf>) -> anyhow::Result<Sink> {
-    let Some(path) = output else {
-        return Ok(Sink {
-            writer: None,
-            path: None,
-        });
-    };
+fn create_writer(path: &std::path::Path) -> anyhow::Result<TraceWriter<BufWriter<File>>> {
     let f = File::create(path).with_context(|| {
         format!(
             "cannot create the trace file {}: check the directory exists and is writable",
             path.display()
         )
     })?;
-    Ok(Sink {
-        writer: Some(
-            TraceWriter::new(BufWriter::with_capacity(1 << 20, f))
-                .with_context(|| format!("writing {}", path.display()))?,
-        ),
+    TraceWriter::new(BufWriter::with_capacity(1 << 20, f))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn open_sink(output: Option<&PathBuf>, rotate: Option<&Rotate>) -> anyhow::Result<Sink> {
+    let Some(base) = output else {
+        return Ok(Sink {
+            writer: None,
+            path: None,
+            rotation: None,
+            closed_events: 0,
+            closed_bytes: 0,
+        });
+    };
+    let rotation = rotate.map(|r| Rotation {
+        opts: r.clone(),
+        base: base.clone(),
+        index: 0,
+        opened: Instant::now(),
+        files: std::collections::VecDeque::new(),
+    });
+    let path = match &rotation {
+        Some(_) => rotated_path(base, 0),
+        None => base.clone(),
+    };
+    let writer = create_writer(&path)?;
+    let mut sink = Sink {
+        writer: Some(writer),
         path: Some(path.clone()),
-    })
+        rotation,
+        closed_events: 0,
+        closed_bytes: 0,
+    };
+    if let Some(r) = &mut sink.rotation {
+        r.files.push_back(path);
+    }
+    Ok(sink)
+}
+
+impl Session {
+    /// With rotation: when the file is big or old enough, ends it (the live findings and an
+    /// end record) and goes on in the next, which starts like a recording of its own: the
+    /// start record, the cgroups known, every live process as a seed. Files past `keep` go.
+    fn maybe_rotate(&mut self) -> anyhow::Result<()> {
+        let (Some(r), Some(w)) = (&self.sink.rotation, &self.sink.writer) else {
+            return Ok(());
+        };
+        let big = r.opts.max_bytes.is_some_and(|m| w.bytes_written() >= m);
+        let old = r.opts.max_age.is_some_and(|a| r.opened.elapsed() >= a);
+        if !(big || old) {
+            return Ok(());
+        }
+        let now = monotonic_ns();
+        // Into the closing file only: the live engine already knows all of it.
+        self.sink.meta(&Meta::Findings {
+            ts_ns: now,
+            findings: self.engine.detectors.findings.clone(),
+        })?;
+        self.sink.meta(&Meta::End {
+            ts_ns: now,
+            reason: "rotated".into(),
+            exit_code: None,
+        })?;
+        self.sink.flush()?;
+        if let Some(w) = &self.sink.writer {
+            self.sink.closed_events += w.events_written();
+            self.sink.closed_bytes += w.bytes_written();
+        }
+        let r = self.sink.rotation.as_mut().expect("checked");
+        r.index += 1;
+        r.opened = Instant::now();
+        let path = rotated_path(&r.base, r.index);
+        r.files.push_back(path.clone());
+        let keep = r.opts.keep;
+        let mut gone = Vec::new();
+        if let Some(k) = keep {
+            while r.files.len() > k.max(1) {
+                gone.extend(r.files.pop_front());
+            }
+        }
+        self.sink.writer = Some(create_writer(&path)?);
+        self.sink.path = Some(path.clone());
+        for g in gone {
+            if let Err(e) = std::fs::remove_file(&g) {
+                tracing::warn!("removing the old trace file {} (--keep): {e}", g.display());
+            }
+        }
+        let mut start = self
+            .start
+            .clone()
+            .context("rotating before the start record")?;
+        if let Meta::Start(s) = &mut start {
+            s.start_ns = now;
+            s.start_unix_ns = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+        }
+        self.sink.meta(&start)?;
+        for c in self.engine.model.cgroup_records() {
+            self.sink.meta(&c)?;
+        }
+        for seed in self.engine.model.checkpoint(now) {
+            self.sink.meta(&Meta::Process(seed))?;
+        }
+        // The next wait record lists every blocked thread, not changes since the last file.
+        self.waits = WaitTracker::default();
+        self.sink.flush()?;
+        tracing::info!("rotated: now writing {}", path.display());
+        Ok(())
+    }
 }
 
 /// The traced command, held at its gate until tracing is set up.
@@ -662,7 +801,7 @@ pub async fn run(
             );
         }
     }
-    let sink = open_sink(opts.output.as_ref())?;
+    let sink = open_sink(opts.output.as_ref(), opts.rotate.as_ref())?;
     if let Some(j) = opts.jobs.iter().find(|j| j.is_empty()) {
         bail!("--job {j:?}: give part of a job's name or cgroup path, e.g. --job redis");
     }
@@ -694,6 +833,7 @@ pub async fn run(
         last_stats: None,
         last_limits: None,
         jobscan: (!opts.jobs.is_empty()).then(|| crate::jobscan::JobScan::new(opts.jobs.clone())),
+        start: None,
     };
     s.engine.model.track_ended = filter;
     let (pids, traced) = s.select(&opts)?;
@@ -703,7 +843,9 @@ pub async fn run(
         .copied()
         .filter(|&p| traced.as_ref().is_none_or(|t| t.pid != p))
         .collect();
-    s.record(start_info(&opts, &cfg, &s.probes, pids))?;
+    let start = start_info(&opts, &cfg, &s.probes, pids);
+    s.start = opts.rotate.is_some().then(|| start.clone());
+    s.record(start)?;
     let processes = s.seed(&opts, filter.then_some(&existing[..]), traced.as_ref())?;
     tracing::info!(
         processes,
@@ -764,7 +906,10 @@ pub async fn run(
         .writer
         .as_ref()
         .map_or((s.model().host.events, 0), |w| {
-            (w.events_written(), w.bytes_written())
+            (
+                s.sink.closed_events + w.events_written(),
+                s.sink.closed_bytes + w.bytes_written(),
+            )
         });
     tracing::info!(reason = stop.reason(), events, lost, "tracing stopped");
     Ok(Outcome {

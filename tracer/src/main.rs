@@ -113,9 +113,19 @@ enum Cmd {
     /// Record a trace file: host-wide, of some pids or jobs, or of a command and its
     /// descendants.
     Record {
-        /// The trace file to write.
+        /// The trace file to write. With rotation, numbered files next to it:
+        /// `t.trc` → `t.000000.trc`, `t.000001.trc`, ...; each can be read alone.
         #[arg(short, long)]
         output: PathBuf,
+        /// Start a new file when this one reaches this many MiB.
+        #[arg(long, value_name = "MIB")]
+        rotate_mb: Option<f64>,
+        /// Start a new file when this one is this old.
+        #[arg(long, value_name = "SECS")]
+        rotate_secs: Option<f64>,
+        /// With rotation: keep only the newest N files.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        keep: Option<u32>,
         #[command(flatten)]
         trace: TraceArgs,
         /// Run this command, trace it and its descendants until it exits, and exit with its
@@ -359,11 +369,32 @@ fn run() -> anyhow::Result<ExitCode> {
         }
         Cmd::Record {
             output,
+            rotate_mb,
+            rotate_secs,
+            keep,
             trace,
             command,
         } => {
             let mut opts = options(&trace)?;
             opts.output = Some(output.clone());
+            let max_bytes = match rotate_mb {
+                Some(m) if m.is_finite() && m > 0.0 => Some((m * (1 << 20) as f64) as u64),
+                Some(m) => bail!("--rotate-mb must be above 0, got {m}"),
+                None => None,
+            };
+            let max_age = secs(rotate_secs, "--rotate-secs")?;
+            if keep.is_some() && max_bytes.is_none() && max_age.is_none() {
+                bail!(
+                    "--keep needs --rotate-mb or --rotate-secs (without rotation there is one file)"
+                );
+            }
+            if max_bytes.is_some() || max_age.is_some() {
+                opts.rotate = Some(collector::Rotate {
+                    max_bytes,
+                    max_age,
+                    keep: keep.map(|k| k as usize),
+                });
+            }
             opts.command = command;
             let outcome = runtime()?.block_on(collector::run(opts, |_, _| true))?;
             summarize(&outcome, Some(&output));

@@ -338,6 +338,57 @@ impl Model {
         self.procs.values().flat_map(|p| p.threads.keys().copied())
     }
 
+    /// The live processes as seeds, for a new trace file that must stand alone (rotation):
+    /// what a /proc scan would have said now.
+    pub fn checkpoint(&self, ts: u64) -> Vec<crate::tracefile::ProcessSeed> {
+        let mut v: Vec<_> = self
+            .procs
+            .values()
+            .map(|p| {
+                let mut tids: Vec<u32> = p.threads.keys().copied().collect();
+                tids.sort_unstable();
+                crate::tracefile::ProcessSeed {
+                    pid: p.sum.pid,
+                    ppid: p.sum.ppid,
+                    comm: p.sum.comm.clone(),
+                    cgroup_id: p.sum.cgroup_id,
+                    memcg_id: p.sum.memcg_id,
+                    thread_names: tids
+                        .iter()
+                        .map(|t| p.threads[t].names.last().cloned().unwrap_or_default())
+                        .collect(),
+                    tids,
+                    rss_bytes: p.sum.rss_bytes,
+                    brk: p.brk,
+                    start_brk: p.brk_start,
+                    seen_ns: ts,
+                }
+            })
+            .collect();
+        v.sort_by_key(|s| s.pid);
+        v
+    }
+
+    /// Every cgroup resolved, with its limits, as records for a new trace file.
+    pub fn cgroup_records(&self) -> Vec<crate::tracefile::Meta> {
+        let mut v: Vec<_> = self
+            .cgroups
+            .iter()
+            .map(|(k, (path, job))| crate::tracefile::Meta::Cgroup {
+                id: k.id,
+                path: path.clone(),
+                hierarchy: k.hierarchy,
+                job: Some(Box::new(job.clone())),
+                limits: self.limits.get(k).copied().unwrap_or_default(),
+            })
+            .collect();
+        v.sort_by_key(|m| match m {
+            crate::tracefile::Meta::Cgroup { id, .. } => *id,
+            _ => 0,
+        });
+        v
+    }
+
     /// Live threads blocked in a wait at the last sample: (pid, tid, futex (else poll), since).
     pub fn blocked_threads(&self) -> Vec<(u32, u32, bool, u64)> {
         let mut v = Vec::new();
