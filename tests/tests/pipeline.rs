@@ -95,7 +95,8 @@ fn raw_tracepoint_syscall_hooks_see_the_same() {
     // through probe reads.
     let t = record(
         &["--syscall-hooks", "raw", "--min-wait-ms", "20"],
-        &[workload(), "park", "3", "600"],
+        // Long enough for all three to be parked at one sample under a loaded emulator.
+        &[workload(), "park", "3", "1500"],
     );
     assert_eq!(t.status, 0, "{}", t.stderr());
     t.assert_attached(&[
