@@ -111,6 +111,8 @@ pub struct Outcome {
     pub lost: u64,
     pub bytes: u64,
     pub failed_probes: Vec<String>,
+    /// The file written last (the newest of a rotated recording).
+    pub last_file: Option<PathBuf>,
 }
 
 pub fn monotonic_ns() -> u64 {
@@ -918,6 +920,7 @@ pub async fn run(
         lost,
         bytes,
         failed_probes,
+        last_file: s.sink.path.clone(),
     })
 }
 

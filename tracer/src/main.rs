@@ -701,11 +701,16 @@ fn man_pages(dir: Option<PathBuf>) -> anyhow::Result<()> {
 
 fn summarize(o: &collector::Outcome, path: Option<&PathBuf>) {
     if let Some(p) = path {
+        let last = o.last_file.as_ref().filter(|l| *l != p);
         eprintln!(
-            "tracer: wrote {} events ({} bytes) to {}",
+            "tracer: wrote {} events ({} bytes) to {}{}",
             o.events,
             o.bytes,
-            escape::term(&p.display().to_string())
+            escape::term(&p.display().to_string()),
+            last.map_or_else(String::new, |l| format!(
+                " (rotated; the newest file is {})",
+                escape::term(&l.display().to_string())
+            ))
         );
     }
     if o.lost > 0 {
