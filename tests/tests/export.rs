@@ -96,13 +96,14 @@ fn perfetto_decodes_back_to_the_traces_tracks_slices_counters_and_flows() {
     };
     use protobuf::Message as _;
 
-    // Three threads park 800 ms each; a leaker's threads park for good (blocked at the end).
+    // Three threads park 800 ms each; a leaker's threads park for good (blocked at the end),
+    // 40 of them over 4 s: a runaway to a 2 s window even under emulation.
     let script = format!(
-        "{} park 3 800; {} leak 10 2",
+        "{} park 3 800; {} leak 10 4",
         workload(),
         env!("LEAKER_BIN")
     );
-    let t = record(&["--runaway-window-secs", "1"], &["sh", "-c", &script]);
+    let t = record(&["--runaway-window-secs", "2"], &["sh", "-c", &script]);
     assert_eq!(t.status, 0, "{}", t.stderr());
     let out_path = temp_path("trace.pftrace");
     let out = run_tracer(&[
@@ -263,9 +264,8 @@ fn perfetto_decodes_back_to_the_traces_tracks_slices_counters_and_flows() {
     assert!(begun.len() as u64 >= park.threads_created + leaker.threads_created);
     // Findings as instants: the leaker's runaway.
     assert!(
-        events
-            .iter()
-            .any(|(_, e)| e.type_() == Type::TYPE_INSTANT && e.name() == "finding: runaway_threads"),
+        events.iter().any(|(_, e)| e.type_() == Type::TYPE_INSTANT
+            && e.name() == format!("finding: runaway_threads pid {}", leaker.pid)),
         "{:#?}",
         t.report.findings
     );

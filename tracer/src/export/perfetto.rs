@@ -9,8 +9,10 @@
 //!   still blocked at the end run to the end;
 //! - a flow from the creating thread (an instant, `create thread N`) to the created thread;
 //! - counter tracks per process: RSS, mapped bytes and live threads, at each sample;
-//! - instants for OOM kills (the victim's process track) and findings (the process's track,
-//!   or a `findings` track for job-level ones).
+//! - instants for OOM kills (the victim's process track) and findings (a `findings` track,
+//!   each named with its kind and pid).
+//!
+//! Memory: the tables hold live threads and processes only (forgotten at exit).
 //!
 //! Timestamps are the recording's CLOCK_MONOTONIC, as trace time.
 
@@ -241,6 +243,8 @@ impl<W: Write> Exporter<W> {
             self.out
                 .event(ts, slice(Type::TYPE_SLICE_END, thread_uuid(tid), None))?;
         }
+        // Forgotten with the thread: the tables hold live threads only.
+        self.t.names.remove(&tid);
         Ok(())
     }
 
@@ -275,6 +279,7 @@ impl<W: Write> Exporter<W> {
                 self.died(tid, ts)?;
                 if x.group_dead == tracer_common::GROUP_DEAD_YES {
                     self.t.counters.remove(&pid);
+                    self.t.processes.remove(&pid);
                 }
             }
             Event::Exec(x) => {
@@ -375,7 +380,6 @@ pub fn write<R: Read, W: Write>(input: R, out: W) -> Result<Written, ExportError
         t: Threads::default(),
     };
     let mut last_ts = 0;
-    let mut findings_track = false;
     while let Some(rec) = reader.next_record()? {
         match rec {
             Record::Event(bytes) => {
@@ -427,25 +431,19 @@ pub fn write<R: Read, W: Write>(input: R, out: W) -> Result<Written, ExportError
     for tid in live {
         x.died(tid, end)?;
     }
+    // Findings on a track of their own (their processes may be long gone), named with the pid.
+    if !engine.detectors.findings.is_empty() {
+        let mut d = TrackDescriptor::new();
+        d.set_uuid(FINDINGS_UUID);
+        d.set_name("findings".into());
+        x.out.descriptor(d)?;
+    }
     for f in &engine.detectors.findings {
-        let track = match f.pid {
-            Some(pid) if x.t.processes.contains_key(&pid) => process_uuid(pid),
-            _ => {
-                if !findings_track {
-                    let mut d = TrackDescriptor::new();
-                    d.set_uuid(FINDINGS_UUID);
-                    d.set_name("findings".into());
-                    x.out.descriptor(d)?;
-                    findings_track = true;
-                }
-                FINDINGS_UUID
-            }
+        let name = match f.pid {
+            Some(pid) => format!("finding: {} pid {pid}", f.kind),
+            None => format!("finding: {}", f.kind),
         };
-        let mut i = slice(
-            Type::TYPE_INSTANT,
-            track,
-            Some(&format!("finding: {}", f.kind)),
-        );
+        let mut i = slice(Type::TYPE_INSTANT, FINDINGS_UUID, Some(&name));
         i.debug_annotations.push(note("job", f.job.clone()));
         i.debug_annotations.push(note("summary", f.summary.clone()));
         i.debug_annotations.push(note("state", f.state.clone()));
