@@ -418,9 +418,12 @@ fn record_rotates_by_age_keeps_the_newest_and_each_file_stands_alone() {
                 "2 s at 10/s: {}",
                 l.threads_created
             );
+            // Parked threads carried over (the newest may not have reached their wait yet).
             assert!(
-                l.futex_parked_now + 3 >= l.threads_live,
-                "parked threads carried over"
+                l.futex_parked_now * 10 >= l.threads_live * 8,
+                "{} of {} parked",
+                l.futex_parked_now,
+                l.threads_live
             );
         }
     }
