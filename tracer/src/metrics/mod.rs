@@ -238,7 +238,7 @@ impl Exporter {
             st.now = JobGauges::default();
         }
         for (name, (info, g)) in &fresh {
-            self.admit(name, info, now_ns);
+            self.admit(name, info, now_ns, &fresh);
             if let Some(st) = self.jobs.get_mut(name) {
                 st.now = *g;
                 st.last_live_ns = now_ns;
@@ -274,8 +274,8 @@ impl Exporter {
     }
 
     /// Makes room for a job: a gone one goes first (the longest gone); with only live ones,
-    /// the new job is not exported.
-    fn admit(&mut self, name: &str, info: &JobInfo, now_ns: u64) {
+    /// the new job is not exported (a live job is never evicted: its counters would restart).
+    fn admit<T>(&mut self, name: &str, info: &JobInfo, now_ns: u64, live: &HashMap<String, T>) {
         if self.jobs.contains_key(name) {
             return;
         }
@@ -283,7 +283,7 @@ impl Exporter {
             let oldest_gone = self
                 .jobs
                 .iter()
-                .filter(|(_, st)| st.last_live_ns < now_ns)
+                .filter(|(n, _)| !live.contains_key(*n))
                 .min_by_key(|(_, st)| st.last_live_ns)
                 .map(|(n, _)| n.clone());
             match oldest_gone {
