@@ -22,6 +22,20 @@ impl Session {
         assert!(out.status.success(), "tmux {args:?}: {}", stderr_of(&out));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
+    /// A detached 200×50 terminal running `cmd` in a shell.
+    fn start(&self, cmd: &str) {
+        self.tmux(&[
+            "new-session",
+            "-d",
+            "-s",
+            &self.0,
+            "-x",
+            "200",
+            "-y",
+            "50",
+            cmd,
+        ]);
+    }
     fn screen(&self) -> String {
         self.tmux(&["capture-pane", "-p", "-t", &self.0])
     }
@@ -68,17 +82,7 @@ fn top_shows_a_leaker_first_drills_into_it_filters_and_restores_the_terminal() {
         "{} top --every 1 --sample-ms 200 --runaway-window-secs 5 -p {pid}; echo EXITED $?; sleep 60",
         tracer_bin().display()
     );
-    s.tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &s.0,
-        "-x",
-        "200",
-        "-y",
-        "50",
-        &cmd,
-    ]);
+    s.start(&cmd);
     let screen = s.wait_for(
         &format!("OPEN runaway_threads pid {pid}"),
         Duration::from_secs(40),
@@ -124,6 +128,43 @@ fn top_shows_a_leaker_first_drills_into_it_filters_and_restores_the_terminal() {
         after.contains("tracing stopped"),
         "held log lines printed after:\n{after}"
     );
+    assert!(
+        after.contains(r#"reason="quit""#),
+        "the end reason is the key, not a closed output:\n{after}"
+    );
     let _ = leaker.kill();
     let _ = leaker.wait();
+}
+
+#[test]
+fn top_gives_the_terminal_back_after_a_panic() {
+    require_root();
+    let s = Session(format!("tracer-test-top-panic-{}", std::process::id()));
+    // The binary panics after its first screen (a switch only tests set); the shell then
+    // shows the exit status and whether the line discipline is cooked again (`icanon`, not
+    // `-icanon` as raw mode leaves it).
+    let cmd = format!(
+        "RUST_BACKTRACE=0 TRACER_TEST_PANIC_IN_TOP=1 {} top --every 1 -d 30; echo EXITED $?; \
+         stty -a | tr ' ' '\\n' | grep -x -- '-\\?icanon'; sleep 60",
+        tracer_bin().display()
+    );
+    s.start(&cmd);
+    let after = s.wait_for("EXITED 101", Duration::from_secs(40));
+    assert!(
+        after.lines().any(|l| l == "EXITED 101"),
+        "the shell's line starts where the panic's output ended:\n{after}"
+    );
+    assert!(
+        after.contains("panicking after the first screen"),
+        "the panic message is on the restored screen:\n{after}"
+    );
+    assert!(
+        !after.contains("┌ findings"),
+        "the view is still on screen:\n{after}"
+    );
+    let mode = s.wait_for("icanon", Duration::from_secs(5));
+    assert!(
+        mode.lines().any(|l| l == "icanon"),
+        "raw mode left on after the panic:\n{mode}"
+    );
 }

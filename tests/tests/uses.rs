@@ -207,6 +207,10 @@ fn watch_streams_a_job_finding_as_it_opens_and_stops_there() {
         assert_eq!(l["state"], "active");
     }
     assert!(err.contains("jobs matching"), "{err}");
+    assert!(
+        err.contains(r#"reason="a finding opened (--exit-on-finding)""#),
+        "the end reason says why it stopped:\n{err}"
+    );
 }
 
 #[test]

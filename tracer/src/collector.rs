@@ -770,8 +770,9 @@ enum Stop {
     Duration,
     Interrupted,
     Terminated,
-    /// The live view's output was closed.
-    OutputClosed,
+    /// The sample callback ended the session, for this reason (quit key, output closed, a
+    /// finding opened with `--exit-on-finding`).
+    Ended(&'static str),
     /// The traced command exited with this status.
     CommandExited(i32),
 }
@@ -782,18 +783,23 @@ impl Stop {
             Stop::Duration => "duration elapsed",
             Stop::Interrupted => "interrupted (SIGINT)",
             Stop::Terminated => "terminated (SIGTERM)",
-            Stop::OutputClosed => "output closed",
+            Stop::Ended(why) => why,
             Stop::CommandExited(_) => "command exited",
         }
     }
 }
 
+/// What a sample callback wants next: go on, or end the session for the given reason (it
+/// becomes the trace's end record and the log's `reason`).
+pub type Next = std::ops::ControlFlow<&'static str>;
+
 /// Runs one tracing session until the duration ends, the command exits, or SIGINT/SIGTERM.
 /// `on_sample` is called with the model every `print_every` (the live view) and at the end; it
-/// returns false to stop the session (its output was closed): the file is finished as usual.
+/// breaks with a reason to stop the session (quit, output closed): the file is finished as
+/// usual.
 pub async fn run(
     opts: SessionOptions,
-    mut on_sample: impl FnMut(&Engine, Duration) -> bool,
+    mut on_sample: impl FnMut(&Engine, Duration) -> Next,
 ) -> anyhow::Result<Outcome> {
     crate::probes::require_privileges()?;
     for &pid in &opts.pids {
@@ -898,8 +904,9 @@ pub async fn run(
         exit_code,
     })?;
     s.sink.flush()?;
-    if !matches!(stop, Stop::OutputClosed) {
-        on_sample(&s.engine, started.elapsed());
+    if !matches!(stop, Stop::Ended(_)) {
+        // The last call's wish to stop is moot: the session is over anyway.
+        let _ = on_sample(&s.engine, started.elapsed());
     }
     let lost =
         stats.get(Stat::Lost) + stats.get(Stat::WaitMapFull) + stats.get(Stat::FilterMapFull);
@@ -931,7 +938,7 @@ impl Session {
         opts: &SessionOptions,
         mut child_wait: Option<tokio::task::JoinHandle<std::io::Result<i32>>>,
         started: Instant,
-        on_sample: &mut impl FnMut(&Engine, Duration) -> bool,
+        on_sample: &mut impl FnMut(&Engine, Duration) -> Next,
     ) -> anyhow::Result<Stop> {
         // The ring buffer map's fd is readable when the kernel forces a wakeup.
         // SAFETY: the fd belongs to `self.probes`, which outlives `rb` (dropped at return).
@@ -963,8 +970,8 @@ impl Session {
                 _ = drain_tick.tick() => self.drain()?,
                 _ = sample_tick.tick() => { self.drain()?; self.sample()?; }
                 _ = print_tick.tick(), if printing => {
-                    if !on_sample(&self.engine, started.elapsed()) {
-                        return Ok(Stop::OutputClosed);
+                    if let Next::Break(why) = on_sample(&self.engine, started.elapsed()) {
+                        return Ok(Stop::Ended(why));
                     }
                 }
                 _ = sigint.recv() => return Ok(Stop::Interrupted),

@@ -10,7 +10,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use tracer::{collector, escape, report};
+use tracer::{
+    collector::{self, Next},
+    escape, report,
+};
 
 #[derive(Parser)]
 #[command(
@@ -357,10 +360,11 @@ fn run() -> anyhow::Result<ExitCode> {
             let outcome = runtime()?.block_on(collector::run(opts, |engine, elapsed| {
                 let text = report::render_live(engine, elapsed, rows);
                 match out(&text) {
-                    Ok(open) => open,
+                    Ok(true) => Next::Continue(()),
+                    Ok(false) => Next::Break("output closed"),
                     Err(e) => {
                         tracing::error!("{e:#}: stopping");
-                        false
+                        Next::Break("output failed")
                     }
                 }
             }))?;
@@ -396,7 +400,7 @@ fn run() -> anyhow::Result<ExitCode> {
                 });
             }
             opts.command = command;
-            let outcome = runtime()?.block_on(collector::run(opts, |_, _| true))?;
+            let outcome = runtime()?.block_on(collector::run(opts, |_, _| Next::Continue(())))?;
             summarize(&outcome, Some(&output));
             Ok(exit_status(outcome.exit_code))
         }
@@ -414,7 +418,7 @@ fn run() -> anyhow::Result<ExitCode> {
             let mut last = None;
             let outcome = runtime()?.block_on(collector::run(opts, |engine, _| {
                 last = Some(report::from_engine(engine, None, 0));
-                true
+                Next::Continue(())
             }))?;
             let r = last
                 .context("the session ended before its first sample")?
@@ -460,10 +464,14 @@ fn run() -> anyhow::Result<ExitCode> {
                     };
                 }
                 match out(&text) {
-                    Ok(open) => open && !(exit_on_finding && opened),
+                    Ok(false) => Next::Break("output closed"),
+                    Ok(true) if exit_on_finding && opened => {
+                        Next::Break("a finding opened (--exit-on-finding)")
+                    }
+                    Ok(true) => Next::Continue(()),
                     Err(e) => {
                         tracing::error!("{e:#}: stopping");
-                        false
+                        Next::Break("output failed")
                     }
                 }
             }))?;
@@ -642,7 +650,7 @@ fn daemon(
             if let Err(e) = out(&lines) {
                 tracing::warn!("{e:#}");
             }
-            true
+            Next::Continue(())
         })
         .await
     })?;

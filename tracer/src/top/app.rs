@@ -12,17 +12,25 @@ use super::{
     ui::{Effect, Key, Ui},
     view::{Detail, History, TopView},
 };
-use crate::collector::{self, Outcome, SessionOptions};
+use crate::collector::{self, Next, Outcome, SessionOptions};
 
 /// How often keys are read (and the screen redrawn when they changed something).
 const KEY_POLL: Duration = Duration::from_millis(100);
+
+/// Set (to anything) to panic after the first screen is drawn: the tests' way to prove the
+/// terminal is restored after a panic. Nothing else reads it.
+const PANIC_FOR_TESTS: &str = "TRACER_TEST_PANIC_IN_TOP";
 
 /// Puts the terminal back however the session ends.
 struct Restore;
 
 impl Drop for Restore {
     fn drop(&mut self) {
-        ratatui::restore();
+        // On a panic ratatui's hook has restored the terminal before the message was printed;
+        // leaving the alternate screen twice would move the cursor back over that message.
+        if !std::thread::panicking() {
+            ratatui::restore();
+        }
         crate::terminal::LogGate::release();
     }
 }
@@ -72,7 +80,7 @@ pub async fn run(mut opts: SessionOptions, every: Duration) -> anyhow::Result<Ou
                 Ok(Event::Key(k)) => {
                     let Some(k) = key_of(k) else { continue };
                     match ui.key(k, &view) {
-                        Effect::Quit => return false,
+                        Effect::Quit => return Next::Break("quit"),
                         Effect::Drill(pid) => {
                             detail = view
                                 .procs
@@ -113,9 +121,12 @@ pub async fn run(mut opts: SessionOptions, every: Duration) -> anyhow::Result<Ou
             && let Err(e) = terminal.draw(|f| render::draw(f, &view, &ui, detail.as_ref(), colour))
         {
             failed = Some(e);
-            return false;
+            return Next::Break("drawing the screen failed");
         }
-        true
+        if redraw && std::env::var_os(PANIC_FOR_TESTS).is_some() {
+            panic!("{PANIC_FOR_TESTS} is set: panicking after the first screen");
+        }
+        Next::Continue(())
     })
     .await;
     drop(_restore);
