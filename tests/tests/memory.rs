@@ -274,3 +274,33 @@ fn memory_heading_for_its_cgroup_limit_is_forecast() {
     assert!(t.report.findings.iter().any(|f| f.kind == "memory_leak"));
     assert_eq!(t.report.findings_match_live, Some(true));
 }
+
+#[test]
+fn forked_children_show_their_resident_memory_though_no_page_of_theirs_moved_a_granule() {
+    // Three fork()ed children that only sleep: their counters were copied while the parent
+    // ran, and nothing they do moves them by the kernel side's 1 MiB granule. Before the
+    // collector read statm for new processes they showed 0 bytes.
+    let t = record_sampled("200", &[], &[workload(), "forks", "3", "5", "2"]);
+    assert_eq!(t.status, 0, "{}", t.stderr());
+    let parent = t.workload_proc();
+    let kids: Vec<_> = t
+        .report
+        .processes
+        .iter()
+        .filter(|p| p.ppid == parent.pid && p.execs == 0)
+        .collect();
+    assert_eq!(kids.len(), 3, "{kids:#?}");
+    for k in kids {
+        let peak = k.rss_peak_bytes.max(k.rss_bytes);
+        assert!(
+            (64 << 10..=parent.rss_peak_bytes + (1 << 20)).contains(&peak),
+            "child {} resident {peak} bytes (parent's peak {})",
+            k.pid,
+            parent.rss_peak_bytes
+        );
+        assert!(
+            k.rss_file_bytes > 0 && k.rss_file_bytes <= peak,
+            "the binary's pages are file-backed: {k:#?}"
+        );
+    }
+}

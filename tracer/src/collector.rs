@@ -196,6 +196,9 @@ struct Session {
 /// How often the limits of the live processes' cgroups are re-read.
 const LIMITS_EVERY: Duration = Duration::from_secs(5);
 
+/// Most `statm` reads of new processes per sample (each ~10 µs).
+const RSS_READS: usize = 256;
+
 /// Decodes one kernel event, writes it and feeds the engine; its cgroups, when new, go to the
 /// resolver. Takes the fields it needs, not the session, so that the caller can hand it
 /// ring-buffer items in place.
@@ -369,6 +372,7 @@ impl Session {
             }
         }
         self.join_jobs()?;
+        self.read_rss(now)?;
         self.maybe_rotate()?;
         let waiting = self.probes.waiting(self.model().live_tids());
         self.note_health(waiting.len());
@@ -391,6 +395,20 @@ impl Session {
             self.last_stats = Some(stats);
         }
         self.sink.flush()
+    }
+
+    /// The resident memory of processes that started since the last sample (or since
+    /// tracing began), read once from /proc and recorded. At most [`RSS_READS`] a sample: a
+    /// fork storm is read over a few samples.
+    fn read_rss(&mut self, now: u64) -> anyhow::Result<()> {
+        for pid in self.model().rss_unread(RSS_READS) {
+            self.record(Meta::Rss {
+                ts_ns: now,
+                pid,
+                statm: seed::statm(pid),
+            })?;
+        }
+        Ok(())
     }
 
     /// After lost events the model's live threads may count threads whose exits were lost:
@@ -648,6 +666,7 @@ impl Session {
                 tids: vec![t.pid],
                 thread_names: Vec::new(),
                 rss_bytes: 0,
+                rss_shared_bytes: 0,
                 brk: None,
                 start_brk: None,
                 seen_ns: monotonic_ns(),

@@ -139,6 +139,7 @@ impl Engine {
                 self.model.set_limits(key, *limits);
             }
             Meta::Threads { ts_ns, pid, tids } => self.model.reconcile(*pid, tids, *ts_ns),
+            Meta::Rss { pid, statm, .. } => self.model.rss_read(*pid, *statm),
             Meta::Waits {
                 ts_ns,
                 processes,

@@ -48,12 +48,7 @@ pub fn read(pid: u32, mounts: &Mounts) -> Option<ProcessSeed> {
     if tids.is_empty() {
         return None;
     }
-    let page = 4096u64;
-    let rss_bytes = fs::read_to_string(dir.join("statm"))
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .unwrap_or(0)
-        * page;
+    let (rss_bytes, rss_shared_bytes) = statm(pid).unwrap_or_default();
     let heap_end = fs::read_to_string(dir.join("maps")).ok().and_then(|maps| {
         maps.lines()
             .find(|l| l.ends_with("[heap]"))
@@ -77,10 +72,25 @@ pub fn read(pid: u32, mounts: &Mounts) -> Option<ProcessSeed> {
         tids,
         thread_names,
         rss_bytes,
+        rss_shared_bytes,
         brk: heap_end.or(start_brk),
         start_brk,
         seen_ns: crate::collector::monotonic_ns(),
     })
+}
+
+/// Resident and shared (file + shmem) bytes of `pid` now, from `/proc/<pid>/statm` (None
+/// when it is gone or the file is not as expected).
+pub fn statm(pid: u32) -> Option<(u64, u64)> {
+    const PAGE: u64 = 4096;
+    let text = fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let mut fields = text
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse::<u64>().ok());
+    let resident = fields.next()??;
+    let shared = fields.next()??;
+    Some((resident * PAGE, shared.min(resident) * PAGE))
 }
 
 /// The threads of `pid` now, from `/proc/<pid>/task` (empty when it is gone).

@@ -162,6 +162,14 @@ struct Process {
     brk_start: Option<u64>,
     rss: [i64; RSS_MEMBERS],
     rss_known: bool,
+    /// Members (bit per `RSS_*`) that a kernel event set since the program started: a read
+    /// of /proc leaves them as they are.
+    rss_streamed: u8,
+    /// Whether every member has a value: seeded, or read from /proc (see
+    /// [`Model::rss_unread`]). The kernel streams moves of a granule only, so without this a
+    /// process that forked (the copied counters are charged to the parent's task) or stays
+    /// below a granule shows no RSS.
+    rss_baseline: bool,
     exit_called: bool,
     /// `threads_peak` at the last sample: what a loss rolls back to (the peak since may count
     /// threads whose exits were lost).
@@ -221,7 +229,38 @@ impl Process {
 
     fn set_rss(&mut self, member: usize, bytes: i64) {
         self.rss[member] = bytes;
+        self.rss_streamed |= 1 << member;
         self.rss_known = true;
+        self.sum_rss();
+    }
+
+    /// A reading of `statm` (resident and shared bytes; shared = file + shmem) fills the
+    /// members no kernel event has set since the program started.
+    fn set_rss_baseline(&mut self, resident: u64, shared: u64) {
+        let streamed = |m: u32| self.rss_streamed & (1 << m) != 0;
+        let shared = shared.min(resident) as i64;
+        if !streamed(RSS_ANON) {
+            self.rss[RSS_ANON as usize] = resident as i64 - shared;
+        }
+        match (streamed(RSS_FILE), streamed(RSS_SHMEM)) {
+            (false, false) => {
+                self.rss[RSS_FILE as usize] = shared;
+                self.rss[RSS_SHMEM as usize] = 0;
+            }
+            (true, false) => {
+                self.rss[RSS_SHMEM as usize] = (shared - self.rss[RSS_FILE as usize]).max(0);
+            }
+            (false, true) => {
+                self.rss[RSS_FILE as usize] = (shared - self.rss[RSS_SHMEM as usize]).max(0);
+            }
+            (true, true) => {}
+        }
+        self.rss_baseline = true;
+        self.rss_known |= resident > 0;
+        self.sum_rss();
+    }
+
+    fn sum_rss(&mut self) {
         // RSS is file + anon + shmem; swap entries are not resident.
         let total: i64 = (0..RSS_MEMBERS)
             .filter(|&m| m != RSS_SWAP as usize)
@@ -359,6 +398,7 @@ impl Model {
                         .collect(),
                     tids,
                     rss_bytes: p.sum.rss_bytes,
+                    rss_shared_bytes: p.sum.rss_file_bytes,
                     brk: p.brk,
                     start_brk: p.brk_start,
                     seen_ns: ts,
@@ -584,8 +624,7 @@ impl Model {
         p.brk = s.brk;
         p.brk_start = s.start_brk;
         p.update_heap();
-        p.sum.rss_bytes = s.rss_bytes;
-        p.sum.rss_peak_bytes = s.rss_bytes;
+        p.set_rss_baseline(s.rss_bytes, s.rss_shared_bytes);
         self.replace(s.pid, p, ts);
     }
 
@@ -765,6 +804,8 @@ impl Model {
                 p.brk_start = None;
                 p.update_heap();
                 p.rss = [0; RSS_MEMBERS];
+                p.rss_streamed = 0;
+                p.rss_baseline = false;
                 p.sum.rss_bytes = 0;
                 p.sum.rss_peak_bytes = 0;
                 p.sum.rss_anon_bytes = 0;
@@ -930,6 +971,30 @@ impl Model {
     /// Pids of the live processes.
     pub fn live_pids(&self) -> Vec<u32> {
         self.procs.keys().copied().collect()
+    }
+
+    /// Up to `max` live processes whose resident memory has no baseline yet (started or
+    /// exec'd since tracing began): the collector reads their `statm` and records it as
+    /// [`Meta::Rss`](crate::tracefile::Meta::Rss), applied with [`Model::rss_read`].
+    pub fn rss_unread(&self, max: usize) -> Vec<u32> {
+        self.procs
+            .iter()
+            .filter(|(_, p)| !p.rss_baseline)
+            .map(|(&pid, _)| pid)
+            .take(max)
+            .collect()
+    }
+
+    /// A live process's `statm` reading (see [`Model::rss_unread`]); None (gone when read)
+    /// leaves it without a baseline no more: it is not read again.
+    pub fn rss_read(&mut self, pid: u32, statm: Option<(u64, u64)>) {
+        let Some(p) = self.procs.get_mut(&pid) else {
+            return;
+        };
+        match statm {
+            Some((resident, shared)) => p.set_rss_baseline(resident, shared),
+            None => p.rss_baseline = true,
+        }
     }
 
     /// Applies a snapshot of the threads blocked right now (taken at every sample), and ends
@@ -1413,6 +1478,82 @@ mod tests {
         assert_eq!(s.comm, "new");
         assert_eq!(s.exe.as_deref(), Some("/bin/new"));
         assert_eq!(s.threads_live, 1);
+    }
+
+    fn rss_event(ts: u64, pid: u32, member: u32, size: i64) -> Event {
+        Event::Rss(RssEvent {
+            hdr: hdr(EventKind::Rss, ts, pid, pid),
+            size,
+            mm_id: pid,
+            member,
+            curr: 1,
+            _pad: 0,
+        })
+    }
+
+    #[test]
+    fn a_new_process_gets_its_resident_memory_once_from_proc_and_events_win() {
+        const MIB: u64 = 1 << 20;
+        let mut m = Model::new(10);
+        m.apply(&newtask(1, 1, 100, false));
+        // A fork's copied counters are charged while the parent runs: nothing streamed yet.
+        assert!(m.rss_unread(10).contains(&100));
+        assert_eq!(find(&m, 100).rss_bytes, 0);
+        // An anon move streamed before the read: the read fills file and shmem only.
+        m.apply(&rss_event(2, 100, RSS_ANON, (5 * MIB) as i64));
+        m.rss_read(100, Some((9 * MIB, 3 * MIB)));
+        let s = find(&m, 100);
+        assert_eq!(s.rss_anon_bytes, 5 * MIB, "the event's value stands");
+        assert_eq!(s.rss_file_bytes, 3 * MIB);
+        assert_eq!(s.rss_bytes, 8 * MIB);
+        assert!(!m.rss_unread(10).contains(&100), "read once");
+        // Later events set their member; the baseline of the others stays.
+        m.apply(&rss_event(3, 100, RSS_FILE, (4 * MIB) as i64));
+        assert_eq!(find(&m, 100).rss_bytes, 9 * MIB);
+        // A new program: a new address space, read again.
+        let ex = ExecEvent {
+            hdr: hdr(EventKind::Exec, 4, 100, 100),
+            old_tid: 100,
+            _pad: 0,
+            comm: [0; 16],
+            filename: [0; FILENAME_LEN],
+        };
+        m.apply(&Event::Exec(ex));
+        assert_eq!(find(&m, 100).rss_bytes, 0);
+        assert!(m.rss_unread(10).contains(&100));
+        m.rss_read(100, Some((2 * MIB, MIB)));
+        let s = find(&m, 100);
+        assert_eq!((s.rss_bytes, s.rss_anon_bytes), (2 * MIB, MIB));
+        // Gone when read: not asked for again, nothing set.
+        m.apply(&newtask(5, 1, 200, false));
+        m.rss_read(200, None);
+        assert!(!m.rss_unread(10).contains(&200));
+        assert_eq!(find(&m, 200).rss_bytes, 0);
+        m.apply(&newtask(6, 1, 300, false));
+        m.apply(&newtask(6, 1, 301, false));
+        assert_eq!(m.rss_unread(1).len(), 1, "at most max");
+    }
+
+    #[test]
+    fn a_seed_splits_resident_memory_so_one_event_does_not_drop_the_rest() {
+        const MIB: u64 = 1 << 20;
+        let mut m = Model::new(10);
+        m.seed(
+            &crate::tracefile::ProcessSeed {
+                pid: 100,
+                ppid: 1,
+                comm: "w".into(),
+                tids: vec![100],
+                rss_bytes: 50 * MIB,
+                rss_shared_bytes: 5 * MIB,
+                ..Default::default()
+            },
+            1,
+        );
+        assert!(!m.rss_unread(10).contains(&100), "a seed is a baseline");
+        m.apply(&rss_event(2, 100, RSS_ANON, (46 * MIB) as i64));
+        let s = find(&m, 100);
+        assert_eq!((s.rss_bytes, s.rss_file_bytes), (51 * MIB, 5 * MIB));
     }
 
     #[test]

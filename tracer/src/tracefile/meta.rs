@@ -44,6 +44,15 @@ pub enum Meta {
         #[serde(default, skip_serializing_if = "WaitChanges::is_empty")]
         changes: WaitChanges,
     },
+    /// The resident memory of a process first seen (or exec'd) after tracing started, read
+    /// once from /proc/PID/statm: the kernel streams only moves of a granule. `None`: it was
+    /// gone when read.
+    Rss {
+        ts_ns: u64,
+        pid: u32,
+        /// Resident and shared (file + shmem) bytes.
+        statm: Option<(u64, u64)>,
+    },
     /// After lost events: the live threads of a process, re-read from /proc (empty: gone).
     Threads {
         ts_ns: u64,
@@ -126,6 +135,9 @@ pub struct ProcessSeed {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub thread_names: Vec<String>,
     pub rss_bytes: u64,
+    /// Of `rss_bytes`, file-backed and shared memory (`statm`'s shared; 0 in older files).
+    #[serde(default)]
+    pub rss_shared_bytes: u64,
     /// The current program break, when known (end of `[heap]`, or `start_brk`).
     pub brk: Option<u64>,
     /// The heap's start (`start_brk` in /proc/<pid>/stat), when known.
