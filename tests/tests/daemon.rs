@@ -316,6 +316,7 @@ fn a_leaking_pod_container_is_scraped_with_its_labels_counts_and_finding() {
     }
     assert_eq!(http(d.port, "HEAD", "/metrics"), Some((200, String::new())));
     assert_eq!(http(d.port, "GET", "/healthz"), Some((200, "ok\n".into())));
+    assert_eq!(http(d.port, "GET", "/livez"), Some((200, "ok\n".into())));
     let _ = leaker.kill();
     let _ = leaker.wait();
     let (out, err) = d.stop();

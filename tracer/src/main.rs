@@ -617,6 +617,8 @@ fn daemon(
         http::{Shared, Snapshot},
     };
     let shared: Shared = Default::default();
+    // Samples come every --sample-ms: missing a few in a row is a stuck collector.
+    let stale_after = (opts.sample_interval * 5).max(Duration::from_secs(10));
     let mut exporter = Exporter::new(cfg);
     let mut stream = tracer::watch::FindingStream::default();
     let listener = std::net::TcpListener::bind(listen).with_context(|| {
@@ -640,6 +642,8 @@ fn daemon(
                 metrics: exporter.render(engine),
                 healthy: health.ok,
                 health: health.text,
+                made: Some(std::time::Instant::now()),
+                stale_after,
             };
             let lines: String = stream
                 .changes(&engine.detectors.findings)

@@ -1,4 +1,5 @@
-//! The daemon's HTTP endpoint: `GET /metrics`, `GET /healthz`, read-only. One request per
+//! The daemon's HTTP endpoint: `GET /metrics`, `GET /healthz` (ready: alive, probes
+//! attached, losses within bounds), `GET /livez` (alive: samples still coming), read-only. One request per
 //! connection (`Connection: close`), a bounded request head and a timeout, a bounded number of
 //! connections at once. Any method but GET and HEAD gets 405: there is no write endpoint.
 //!
@@ -7,7 +8,7 @@
 
 use std::{
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio::{
@@ -21,6 +22,38 @@ pub struct Snapshot {
     pub metrics: String,
     pub healthy: bool,
     pub health: String,
+    /// When the collector made it (None: no sample yet, the daemon is starting).
+    pub made: Option<Instant>,
+    /// `/healthz` fails when the snapshot is older than this: the collector is stuck (a
+    /// wedged event loop serves stale metrics that look fine).
+    pub stale_after: Duration,
+}
+
+impl Snapshot {
+    /// Why the collector is not alive (`/livez`): no sample yet, or none for too long.
+    fn stuck(&self) -> Option<String> {
+        let Some(made) = self.made else {
+            return Some("starting: no sample yet\n".into());
+        };
+        let age = made.elapsed();
+        (age > self.stale_after).then(|| {
+            format!(
+                "no sample for {:.0} s (the bound is {:.0} s): the collector is stuck or \
+                 starved of CPU\n",
+                age.as_secs_f64(),
+                self.stale_after.as_secs_f64(),
+            )
+        })
+    }
+
+    /// `/healthz`'s status and body: alive, every probe attached, losses within the bound.
+    fn health(&self) -> (u16, String) {
+        match self.stuck() {
+            Some(why) if self.healthy || self.made.is_none() => (503, why),
+            Some(why) => (503, why + &self.health),
+            None => (if self.healthy { 200 } else { 503 }, self.health.clone()),
+        }
+    }
 }
 
 pub type Shared = Arc<Mutex<Snapshot>>;
@@ -169,9 +202,16 @@ pub fn respond(request_line: &str, shared: &Shared) -> Reply {
             content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
             ..Reply::text(200, &snap.metrics)
         },
-        "/healthz" => Reply::text(if snap.healthy { 200 } else { 503 }, &snap.health),
-        "/" => Reply::text(200, "tracer daemon: /metrics, /healthz\n"),
-        _ => Reply::text(404, "not found: /metrics or /healthz\n"),
+        "/healthz" => {
+            let (status, body) = snap.health();
+            Reply::text(status, &body)
+        }
+        "/livez" => match snap.stuck() {
+            Some(why) => Reply::text(503, &why),
+            None => Reply::text(200, "ok\n"),
+        },
+        "/" => Reply::text(200, "tracer daemon: /metrics, /healthz, /livez\n"),
+        _ => Reply::text(404, "not found: /metrics, /healthz or /livez\n"),
     };
     r.head_only = head_only;
     r
@@ -191,7 +231,39 @@ mod tests {
                 "probe x is not attached: y\n"
             }
             .into(),
+            made: Some(Instant::now()),
+            stale_after: Duration::from_secs(10),
         }))
+    }
+
+    #[test]
+    fn healthz_fails_before_the_first_sample_and_when_samples_stop() {
+        let s: Shared = Default::default();
+        let r = respond("GET /healthz HTTP/1.1", &s);
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (503, "starting: no sample yet\n")
+        );
+        let s = shared(true);
+        s.lock().unwrap().made = Instant::now().checked_sub(Duration::from_secs(30));
+        let r = respond("GET /healthz HTTP/1.1", &s);
+        assert_eq!(r.status, 503);
+        assert!(
+            r.body.starts_with("no sample for 30 s (the bound is 10 s)"),
+            "{}",
+            r.body
+        );
+        assert_eq!(respond("GET /livez HTTP/1.1", &s).status, 503);
+        // Metrics are still served: the scraper sees them go flat, /healthz says why.
+        assert_eq!(respond("GET /metrics HTTP/1.1", &s).status, 200);
+        let s = shared(false);
+        s.lock().unwrap().made = Instant::now().checked_sub(Duration::from_secs(30));
+        let r = respond("GET /healthz HTTP/1.1", &s);
+        assert!(r.body.contains("probe x is not attached"), "{}", r.body);
+        // Alive though unhealthy: a restart would not attach the probe.
+        s.lock().unwrap().made = Some(Instant::now());
+        assert_eq!(respond("GET /healthz HTTP/1.1", &s).status, 503);
+        assert_eq!(respond("GET /livez HTTP/1.1", &s).status, 200);
     }
 
     #[test]
