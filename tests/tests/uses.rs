@@ -459,3 +459,82 @@ fn record_rotates_by_size() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr_of(&out).contains("--keep needs --rotate-mb or --rotate-secs"));
 }
+
+/// The static release binary (`cargo xtask dist`, which `cargo xtask test` and `vmtest` run
+/// first): `<target>/dist/tracer`, found from this test's own `<target>/debug/deps/` (the
+/// guests hold both at the host's paths).
+fn dist_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let p = exe
+        .ancestors()
+        .nth(3)
+        .expect("the target directory")
+        .join("dist/tracer");
+    assert!(
+        p.is_file(),
+        "{} is missing: `cargo xtask dist` builds it (`cargo xtask test` and `cargo xtask \
+         vmtest` do)",
+        p.display()
+    );
+    p
+}
+
+/// Whether an x86_64 ELF file asks for a program interpreter (a PT_INTERP program header):
+/// a dynamically linked binary does, a static (or static-pie) one does not.
+fn has_interpreter(elf: &[u8]) -> bool {
+    assert_eq!(&elf[..5], b"\x7fELF\x02", "a 64-bit ELF file");
+    let u16_at = |o: usize| u16::from_le_bytes(elf[o..o + 2].try_into().unwrap()) as usize;
+    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap()) as usize;
+    let (phentsize, phnum) = (u16_at(0x36), u16_at(0x38));
+    (0..phnum).any(|i| {
+        let o = phoff + i * phentsize;
+        u32::from_le_bytes(elf[o..o + 4].try_into().unwrap()) == 3
+    })
+}
+
+#[test]
+fn the_static_release_binary_traces_on_this_kernel() {
+    require_root();
+    let bin = dist_bin();
+    let elf = std::fs::read(&bin).expect("reading the static binary");
+    assert!(
+        !has_interpreter(&elf),
+        "{} asks for a dynamic loader: not statically linked",
+        bin.display()
+    );
+    assert!(
+        has_interpreter(&std::fs::read(workload()).unwrap()),
+        "the check tells a dynamic binary apart"
+    );
+    // The same exact counts as the debug build's tests: 3 spawned /bin/true and 2 forks,
+    // each a process; the workload exits 7.
+    let summary = temp_path("dist-run.json");
+    let out = Command::new(&bin)
+        .args(["run", "--json", "--summary-file"])
+        .arg(&summary)
+        .args(["--", workload(), "children", "3", "2"])
+        .output()
+        .expect("running the static binary");
+    assert_eq!(out.status.code(), Some(7), "{}", stderr_of(&out));
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&summary).unwrap()).expect("a JSON report");
+    assert_eq!(r["lost_events"], 0);
+    assert!(
+        r["probes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["attached"] == true),
+        "{:#?}",
+        r["probes"]
+    );
+    let procs = r["processes"].as_array().unwrap();
+    let parent = procs
+        .iter()
+        .find(|p| p["exe"].as_str().is_some_and(|e| e.ends_with("/workload")))
+        .expect("the workload");
+    assert_eq!(parent["children_created"], 5, "{parent:#?}");
+    assert_eq!(parent["exit_code"], 7);
+    let kids = procs.iter().filter(|p| p["ppid"] == parent["pid"]).count();
+    assert_eq!(kids, 5, "{procs:#?}");
+}

@@ -44,6 +44,9 @@ enum Cmd {
         /// Kernels to boot (default: the whole matrix), e.g. `--kernel 5.10 --kernel 6.1`.
         #[arg(long = "kernel", value_name = "VERSION")]
         kernels: Vec<String>,
+        /// Only these test binaries (default: all), e.g. `--tests uses --tests memory`.
+        #[arg(long = "tests", value_name = "NAME")]
+        tests: Vec<String>,
     },
     /// Build the release binary linked statically (runs on any x86_64 Linux, in a `FROM
     /// scratch` image, copied to a VM): target/dist/tracer, without debug info.
@@ -133,7 +136,7 @@ fn main() -> anyhow::Result<()> {
             let (vm_passed, vm_failed) = if host_only {
                 (0, 0)
             } else {
-                matrix(&root, &[])?
+                matrix(&root, &[], &[])?
             };
             println!(
                 "tests: {} passed, {} failed",
@@ -145,10 +148,12 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Vmtest { kernels } => {
+        Cmd::Vmtest { kernels, tests } => {
             setup()?;
             cargo(&root, &["build", "-p", "tracer", "--bins"])?;
-            let (passed, failed) = matrix(&root, &kernels)?;
+            // The static release binary is tested in each guest too (copied to a VM).
+            dist(&root)?;
+            let (passed, failed) = matrix(&root, &kernels, &tests)?;
             println!("vmtest: {passed} passed, {failed} failed");
             if failed > 0 {
                 bail!("{failed} tests failed in the kernel matrix");
@@ -300,8 +305,25 @@ fn kernel_release() -> String {
 
 /// The integration tests (and the tracer's own, some of which read the kernel's BTF) on each
 /// kernel of the matrix; prints a kernel × result table and returns the totals.
-fn matrix(root: &Path, kernels: &[String]) -> anyhow::Result<(u64, u64)> {
+fn matrix(root: &Path, kernels: &[String], tests: &[String]) -> anyhow::Result<(u64, u64)> {
     let mut bins = vmtest::test_binaries(root, &["tracer", "tracer-tests"])?;
+    if !tests.is_empty() {
+        // Test binaries are `deps/<name>-<hash>`; `tracer-<hash>` is the library's unit
+        // tests. The workloads they run (outside deps/) stay.
+        bins.retain(|b| {
+            !b.to_string_lossy().contains("/deps/")
+                || b.file_name().is_some_and(|n| {
+                    let n = n.to_string_lossy();
+                    tests.iter().any(|t| {
+                        n.strip_prefix(t.as_str())
+                            .is_some_and(|r| r.starts_with('-'))
+                    })
+                })
+        });
+        if !bins.iter().any(|b| b.to_string_lossy().contains("/deps/")) {
+            bail!("no test binary is named {tests:?} (tests/tests/<name>.rs, or tracer)");
+        }
+    }
     // The guests have no container runtime, Python or tmux: tests/containers.rs (podman),
     // tests/deploy.rs (the manifest validator) and tests/top.rs (tmux) run on the host only.
     bins.retain(|b| {
@@ -320,6 +342,8 @@ fn matrix(root: &Path, kernels: &[String]) -> anyhow::Result<(u64, u64)> {
     for b in ["tracer", "workload"] {
         bins.push(root.join("target/debug").join(b));
     }
+    // `cargo xtask dist`'s static binary, at the path the tests look for it.
+    bins.push(root.join("target/dist/tracer"));
     bins.sort();
     bins.dedup();
     let o = vmtest::run(root, kernels, &bins)?;
