@@ -96,25 +96,8 @@ fn perfetto_decodes_back_to_the_traces_tracks_slices_counters_and_flows() {
     };
     use protobuf::Message as _;
 
-    // Three threads park 800 ms each; a leaker's threads park for good (blocked at the end),
-    // 40 of them over 4 s: a runaway to a 2 s window even under emulation.
-    let script = format!(
-        "{} park 3 800; {} leak 10 4",
-        workload(),
-        env!("LEAKER_BIN")
-    );
-    let t = record(&["--runaway-window-secs", "2"], &["sh", "-c", &script]);
-    assert_eq!(t.status, 0, "{}", t.stderr());
-    let out_path = temp_path("trace.pftrace");
-    let out = run_tracer(&[
-        "export",
-        t.path.to_str().unwrap(),
-        "--format",
-        "perfetto",
-        "-o",
-        out_path.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", stderr_of(&out));
+    // The parkers and the leaker's runaway (see the helper).
+    let (t, out_path, _) = perfetto_of_parkers_and_a_leaker();
     let bytes = std::fs::read(&out_path).unwrap();
     let trace = Trace::parse_from_bytes(&bytes).expect("a Trace: TracePackets framed as field 1");
     let mut threads: HashMap<u64, (i32, i32)> = HashMap::new();

@@ -95,7 +95,14 @@ const APT_PACKAGES: &[&str] = &[
     "python3-venv",
 ];
 /// The schema validator the deploy test runs on deploy/*.yaml, and where it is installed.
-const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+/// Python tools the host-only tests run, pinned, in one virtualenv: the manifests' schema
+/// validator (tests/deploy.rs) and Perfetto's own trace schema with the protobuf runtime it
+/// was generated for (tests/perfetto_schema.rs).
+const PYTHON_TOOLS: &[&str] = &[
+    "kubernetes-validate==1.37.0",
+    "perfetto==0.59.1",
+    "protobuf==6.33.6",
+];
 pub const TOOLS_VENV: &str = "target/tools/venv";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -325,11 +332,14 @@ fn matrix(root: &Path, kernels: &[String], tests: &[String]) -> anyhow::Result<(
         }
     }
     // The guests have no container runtime, Python or tmux: tests/containers.rs (podman),
-    // tests/deploy.rs (the manifest validator) and tests/top.rs (tmux) run on the host only.
+    // tests/deploy.rs (the manifest validator), tests/perfetto_schema.rs (Perfetto's Python
+    // schema) and tests/top.rs (tmux) run on the host only.
     bins.retain(|b| {
         let host_only = b.file_name().is_some_and(|n| {
             let n = n.to_string_lossy();
-            n.starts_with("containers-") || n.starts_with("deploy-") || n.starts_with("top-")
+            ["containers-", "deploy-", "top-", "perfetto_schema-"]
+                .iter()
+                .any(|p| n.starts_with(p))
         });
         if host_only {
             eprintln!(
@@ -379,26 +389,29 @@ fn setup() -> anyhow::Result<()> {
     setup_validator(&workspace_root())
 }
 
-/// kubernetes-validate in a virtualenv of the workspace (Debian's pip refuses system-wide
-/// installs); nothing to do when that version is there.
+/// [`PYTHON_TOOLS`] in a virtualenv of the workspace (Debian's pip refuses system-wide
+/// installs); nothing to do when the stamp says those versions are there.
 fn setup_validator(root: &Path) -> anyhow::Result<()> {
     let venv = root.join(TOOLS_VENV);
-    let version = KUBERNETES_VALIDATE.rsplit("==").next().unwrap_or_default();
-    let have = Command::new(venv.join("bin/kubernetes-validate"))
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(version));
-    if have {
+    let stamp = venv.join("installed.txt");
+    let want = PYTHON_TOOLS.join("\n") + "\n";
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == want)
+        && venv.join("bin/kubernetes-validate").is_file()
+    {
         return Ok(());
     }
     eprintln!(
-        "xtask: installing {KUBERNETES_VALIDATE} into {}",
+        "xtask: installing {} into {}",
+        PYTHON_TOOLS.join(" "),
         venv.display()
     );
     run(Command::new("python3").arg("-m").arg("venv").arg(&venv))
         .context("python3 -m venv (apt-get install python3-venv)")?;
-    run(Command::new(venv.join("bin/pip")).args(["install", "-q", KUBERNETES_VALIDATE]))
-        .context("pip install kubernetes-validate (from PyPI)")
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "-q"])
+        .args(PYTHON_TOOLS))
+    .context("pip install (from PyPI)")?;
+    std::fs::write(&stamp, want).with_context(|| format!("writing {}", stamp.display()))
 }
 
 /// Installs the Debian packages of `pkgs` that are missing (none: no apt call at all).

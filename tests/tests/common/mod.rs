@@ -284,3 +284,28 @@ impl Drop for MemCgroup {
         }
     }
 }
+
+/// Three threads park 800 ms each, then a leaker's 40 threads park for good (still blocked
+/// at the end) over 4 s, a runaway to a 2 s window even under emulation: recorded, then
+/// exported with `export --format perfetto`. The recording, the Perfetto file, the export's
+/// output.
+pub fn perfetto_of_parkers_and_a_leaker() -> (Traced, PathBuf, Output) {
+    let script = format!(
+        "{} park 3 800; {} leak 10 4",
+        workload(),
+        env!("LEAKER_BIN")
+    );
+    let t = record(&["--runaway-window-secs", "2"], &["sh", "-c", &script]);
+    assert_eq!(t.status, 0, "{}", t.stderr());
+    let out_path = temp_path("trace.pftrace");
+    let out = run_tracer(&[
+        "export",
+        t.path.to_str().unwrap(),
+        "--format",
+        "perfetto",
+        "-o",
+        out_path.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    (t, out_path, out)
+}
