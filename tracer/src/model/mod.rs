@@ -161,6 +161,7 @@ struct Process {
     brk: Option<u64>,
     brk_start: Option<u64>,
     rss: [i64; RSS_MEMBERS],
+    /// Whether a kernel event set a member (the RSS moved while traced).
     rss_known: bool,
     /// Members (bit per `RSS_*`) that a kernel event set since the program started: a read
     /// of /proc leaves them as they are.
@@ -255,8 +256,8 @@ impl Process {
             }
             (true, true) => {}
         }
+        // Not `rss_known`: that says the RSS moved while traced (see `sample_series`).
         self.rss_baseline = true;
-        self.rss_known |= resident > 0;
         self.sum_rss();
     }
 
