@@ -135,12 +135,8 @@ fn get(port: u16, path: &str) -> Option<(u16, String)> {
 #[test]
 fn the_daemon_runs_in_a_scratch_image_with_only_the_manifests_capabilities() {
     require_root();
-    let dist = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/dist");
-    assert!(
-        dist.join("tracer").is_file(),
-        "target/dist/tracer is missing: `cargo xtask dist` builds the static binary (`cargo \
-         xtask test` does)"
-    );
+    let bin = dist_bin();
+    let dist = bin.parent().expect("target/dist");
     let tag = format!("localhost/tracer-test-daemon-{}", std::process::id());
     let out = podman(&[
         "build",

@@ -460,25 +460,6 @@ fn record_rotates_by_size() {
     assert!(stderr_of(&out).contains("--keep needs --rotate-mb or --rotate-secs"));
 }
 
-/// The static release binary (`cargo xtask dist`, which `cargo xtask test` and `vmtest` run
-/// first): `<target>/dist/tracer`, found from this test's own `<target>/debug/deps/` (the
-/// guests hold both at the host's paths).
-fn dist_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let p = exe
-        .ancestors()
-        .nth(3)
-        .expect("the target directory")
-        .join("dist/tracer");
-    assert!(
-        p.is_file(),
-        "{} is missing: `cargo xtask dist` builds it (`cargo xtask test` and `cargo xtask \
-         vmtest` do)",
-        p.display()
-    );
-    p
-}
-
 /// Whether an x86_64 ELF file asks for a program interpreter (a PT_INTERP program header):
 /// a dynamically linked binary does, a static (or static-pie) one does not.
 fn has_interpreter(elf: &[u8]) -> bool {

@@ -94,7 +94,6 @@ const APT_PACKAGES: &[&str] = &[
     // A virtualenv for the manifest validator (kubernetes-validate, from PyPI).
     "python3-venv",
 ];
-/// The schema validator the deploy test runs on deploy/*.yaml, and where it is installed.
 /// Python tools the host-only tests run, pinned, in one virtualenv: the manifests' schema
 /// validator (tests/deploy.rs) and Perfetto's own trace schema with the protobuf runtime it
 /// was generated for (tests/perfetto_schema.rs).
@@ -386,12 +385,12 @@ fn apt_installed(pkg: &str) -> bool {
 fn setup() -> anyhow::Result<()> {
     apt_install(APT_PACKAGES)?;
     setup_linker()?;
-    setup_validator(&workspace_root())
+    setup_python_tools(&workspace_root())
 }
 
 /// [`PYTHON_TOOLS`] in a virtualenv of the workspace (Debian's pip refuses system-wide
 /// installs); nothing to do when the stamp says those versions are there.
-fn setup_validator(root: &Path) -> anyhow::Result<()> {
+fn setup_python_tools(root: &Path) -> anyhow::Result<()> {
     let venv = root.join(TOOLS_VENV);
     let stamp = venv.join("installed.txt");
     let want = PYTHON_TOOLS.join("\n") + "\n";

@@ -309,3 +309,22 @@ pub fn perfetto_of_parkers_and_a_leaker() -> (Traced, PathBuf, Output) {
     assert!(out.status.success(), "{}", stderr_of(&out));
     (t, out_path, out)
 }
+
+/// The static release binary (`cargo xtask dist`, which `cargo xtask test` and `vmtest` run
+/// first): `<target>/dist/tracer`, found from this test's own `<target>/debug/deps/` (the
+/// guests hold both at the host's paths).
+pub fn dist_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let p = exe
+        .ancestors()
+        .nth(3)
+        .expect("the target directory")
+        .join("dist/tracer");
+    assert!(
+        p.is_file(),
+        "{} is missing: `cargo xtask dist` builds it (`cargo xtask test` and `cargo xtask \
+         vmtest` do)",
+        p.display()
+    );
+    p
+}

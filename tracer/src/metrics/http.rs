@@ -1,7 +1,8 @@
-//! The daemon's HTTP endpoint: `GET /metrics`, `GET /healthz` (ready: alive, probes
-//! attached, losses within bounds), `GET /livez` (alive: samples still coming), read-only. One request per
-//! connection (`Connection: close`), a bounded request head and a timeout, a bounded number of
-//! connections at once. Any method but GET and HEAD gets 405: there is no write endpoint.
+//! The daemon's HTTP endpoint, read-only: `GET /metrics`, `GET /healthz` (ready: alive,
+//! probes attached, losses within bounds), `GET /livez` (alive: samples still coming). One
+//! request per connection (`Connection: close`), a bounded request head and a timeout, a
+//! bounded number of connections at once. Any method but GET and HEAD gets 405: there is no
+//! write endpoint.
 //!
 //! Hand-written on tokio rather than on hyper: three read-only routes need a request line and
 //! nothing else, and hyper with its service stack would be the largest dependency of the tool.
@@ -48,9 +49,9 @@ impl Snapshot {
 
     /// `/healthz`'s status and body: alive, every probe attached, losses within the bound.
     fn health(&self) -> (u16, String) {
+        let problems = if self.healthy { "" } else { &self.health };
         match self.stuck() {
-            Some(why) if self.healthy || self.made.is_none() => (503, why),
-            Some(why) => (503, why + &self.health),
+            Some(why) => (503, why + problems),
             None => (if self.healthy { 200 } else { 503 }, self.health.clone()),
         }
     }

@@ -91,7 +91,7 @@ impl Model {
         for p in self.procs.values() {
             // RSS that moved counts: memory touched in mappings made before tracing started
             // grows without a traced call.
-            if !(p.sum.active() || p.rss_known) {
+            if !(p.sum.active() || p.rss_streamed != 0) {
                 continue;
             }
             let s = &p.sum;

@@ -161,10 +161,8 @@ struct Process {
     brk: Option<u64>,
     brk_start: Option<u64>,
     rss: [i64; RSS_MEMBERS],
-    /// Whether a kernel event set a member (the RSS moved while traced).
-    rss_known: bool,
-    /// Members (bit per `RSS_*`) that a kernel event set since the program started: a read
-    /// of /proc leaves them as they are.
+    /// Members (bit per `RSS_*`) that a kernel event set since the program started (the RSS
+    /// moved while traced): a read of /proc leaves them as they are.
     rss_streamed: u8,
     /// Whether every member has a value: seeded, or read from /proc (see
     /// [`Model::rss_unread`]). The kernel streams moves of a granule only, so without this a
@@ -231,7 +229,6 @@ impl Process {
     fn set_rss(&mut self, member: usize, bytes: i64) {
         self.rss[member] = bytes;
         self.rss_streamed |= 1 << member;
-        self.rss_known = true;
         self.sum_rss();
     }
 
@@ -256,7 +253,7 @@ impl Process {
             }
             (true, true) => {}
         }
-        // Not `rss_known`: that says the RSS moved while traced (see `sample_series`).
+        // Not `rss_streamed`: that says the RSS moved while traced (see `sample_series`).
         self.rss_baseline = true;
         self.sum_rss();
     }
@@ -986,8 +983,8 @@ impl Model {
             .collect()
     }
 
-    /// A live process's `statm` reading (see [`Model::rss_unread`]); None (gone when read)
-    /// leaves it without a baseline no more: it is not read again.
+    /// A live process's `statm` reading (see [`Model::rss_unread`]). None (it was gone when
+    /// read) sets nothing, and it is not asked for again.
     pub fn rss_read(&mut self, pid: u32, statm: Option<(u64, u64)>) {
         let Some(p) = self.procs.get_mut(&pid) else {
             return;
