@@ -31,16 +31,29 @@ fn futex_parks_and_thread_lifecycle() {
         "park max {} ns",
         p.futex_park_max_ns
     );
-    // The 4 parks are on the same futex word, by the 4 workers, with FUTEX_WAIT.
-    let waits: Vec<_> = t
+    // The 4 parks are on the same futex word, by the 4 workers, with FUTEX_WAIT. A worker may
+    // also wait briefly on a libc lock as the 4 exit at once (malloc's arena lock when they
+    // free their caches; seen once on 6.1 under TCG): those are short and on other words.
+    let worker_waits: Vec<_> = t
         .events_of(p.pid)
         .filter_map(|e| match e {
             Event::FutexWait(w) if w.hdr.tid != p.pid => Some(*w),
             _ => None,
         })
         .collect();
-    assert_eq!(waits.len(), 4);
-    assert!(waits.iter().all(|w| w.uaddr == waits[0].uaddr && w.op == 0));
+    let shown: Vec<_> = worker_waits
+        .iter()
+        .map(|w| (w.hdr.tid, w.uaddr, w.op, (w.hdr.ts_ns - w.start_ns) / MS))
+        .collect();
+    let waits: Vec<_> = worker_waits
+        .iter()
+        .filter(|w| w.hdr.ts_ns - w.start_ns >= 1000 * MS)
+        .collect();
+    assert_eq!(waits.len(), 4, "(tid, uaddr, op, ms): {shown:?}");
+    assert!(
+        waits.iter().all(|w| w.uaddr == waits[0].uaddr && w.op == 0),
+        "{shown:?}"
+    );
     let mut tids: Vec<u32> = waits.iter().map(|w| w.hdr.tid).collect();
     tids.sort();
     tids.dedup();
