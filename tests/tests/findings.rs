@@ -167,14 +167,19 @@ fn a_job_oom_killed_again_and_again_is_a_crash_loop() {
 #[test]
 fn a_cpython_thread_per_message_worker_is_a_runaway_created_in_the_interpreter() {
     let py = interpreter(PYTHON);
-    // The shoryuken worker in Python: a thread per message, each waiting for good.
+    // The shoryuken worker in Python: a thread per message, each waiting for good. It idles
+    // 3 s at the end, so the finding's evidence is last refreshed while the threads are
+    // parked: at exit they are woken to die, and a sample between a wake and the exit would
+    // refresh it with none parked while the count still rises (seen once on 6.18 under TCG:
+    // 0 of 41 new threads parked, 0 exited).
     let code = "import threading, time\n\
                 never = threading.Event()\n\
                 def extend_visibility():\n\
                 \x20   never.wait()\n\
                 for i in range(100):\n\
                 \x20   threading.Thread(target=extend_visibility, daemon=True).start()\n\
-                \x20   time.sleep(0.1)\n";
+                \x20   time.sleep(0.1)\n\
+                time.sleep(3)\n";
     let t = record(
         &["--runaway-window-secs", WINDOW],
         &[py, "-I", "-S", "-c", code],
