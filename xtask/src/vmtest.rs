@@ -87,6 +87,8 @@ const HOST_TOOLS: &[&str] = &[
 
 /// Printed by `/init` after the last test binary, with how many failed.
 const DONE_MARK: &str = "VMTEST-DONE";
+/// Lines of a guest test's panic message echoed to the host's output.
+const PANIC_LINES: usize = 40;
 
 /// The guest's `/init`: `@TESTS@` becomes one line per test binary.
 const INIT: &str = r#"#!/bin/sh
@@ -562,6 +564,8 @@ fn boot(vmlinuz: &Path, initrd: &Path, log: &Path) -> anyhow::Result<Boot> {
         problem: None,
     };
     let mut done = false;
+    // Lines of a panic message still to show.
+    let mut echo = 0usize;
     let verbose = std::env::var_os("VMTEST_VERBOSE").is_some();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -589,8 +593,16 @@ fn boot(vmlinuz: &Path, initrd: &Path, log: &Path) -> anyhow::Result<Boot> {
                 if line.contains("Kernel panic") || line.contains("soft lockup") {
                     r.problem = Some(format!("kernel panic: {line}"));
                 }
-                // Failures are worth seeing without opening the log.
-                if line.contains("panicked at") || line.starts_with("---- ") {
+                // Failures are worth seeing without opening the log: the panic and its message
+                // (up to the backtrace, at most PANIC_LINES lines), as CI shows only this.
+                if line.starts_with("stack backtrace:") || line.starts_with("note: ") {
+                    echo = 0;
+                }
+                if line.contains("panicked at") {
+                    echo = PANIC_LINES;
+                    println!("[vm {}] {line}", r.release);
+                } else if echo > 0 || line.starts_with("---- ") {
+                    echo = echo.saturating_sub(1);
                     println!("[vm {}] {line}", r.release);
                 }
             }
