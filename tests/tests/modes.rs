@@ -215,11 +215,13 @@ fn pid_mode_sees_threads_parked_before_tracing_started() {
     assert_eq!(p.exit_code, Some(0));
     // Only that process was traced.
     assert!(events.iter().all(|e| e.header().tgid == pid));
-    // The parks of the 3 workers, the waits of theirs over 300 ms (parked for the 600 ms before the wake) (the main thread's joins, if
-    // slow, and a worker's short wait on a libc lock as they exit together come on top).
+    // The parks of the 3 workers: their waits over 300 ms (they were parked for the 600 ms
+    // before the wake). The main thread's joins, if slow, and a worker's short wait on a lock as
+    // they exit together come on top.
+    let long = |w: &tracer_common::WaitEvent| w.hdr.ts_ns - w.start_ns >= 300 * MS;
     let parks = events
         .iter()
-        .filter(|e| matches!(e, Event::FutexWait(w) if w.hdr.tid != pid && w.hdr.ts_ns - w.start_ns >= 300 * MS))
+        .filter(|e| matches!(e, Event::FutexWait(w) if w.hdr.tid != pid && long(w)))
         .count();
     assert_eq!(parks, 3);
 }
