@@ -375,6 +375,10 @@ impl Session {
         self.read_rss(now)?;
         self.maybe_rotate()?;
         let waiting = self.probes.waiting(self.model().live_tids());
+        // What the kernel emitted before this scan saw it: a thread the scan found awake may
+        // have been woken by an exit_group whose event came after the first drain, and the
+        // detectors must know the process is ending (see `Detectors::hold`).
+        self.drain()?;
         self.note_health(waiting.len());
         let (waits, blocked) = wait_snapshot(waiting.into_iter(), now, self.min_wait_ns);
         let changes = self.waits.changes(blocked);

@@ -274,6 +274,9 @@ pub(super) fn run(d: &mut Detectors, model: &Model, ts: u64) {
         let Some(s) = model.live_process(pid, born) else {
             continue;
         };
+        if d.hold(model, pid, born, ts) {
+            continue;
+        }
         // Most processes' memory stays put: unless it moved by half the smallest amount a
         // finding needs, on either scale, and no finding is open, there is nothing to fit.
         let quiet = d.cfg.leak_min_growth_bytes.min(d.cfg.bloat_step_bytes) / 2;

@@ -275,6 +275,10 @@ impl Detectors {
         for s in model.live_raw() {
             let key = (s.pid, s.first_seen_ns);
             seen.insert(key);
+            // A process being torn down keeps the history of how it ran (see `hold`).
+            if model.ending_since(s.pid, s.first_seen_ns).is_some() {
+                continue;
+            }
             let h = self.history.entry(key).or_default();
             let sample = Sample {
                 ts,
@@ -364,6 +368,22 @@ impl Detectors {
                 self.findings.push(f);
             }
         }
+    }
+
+    /// A process that began to end (exit_group, a fatal signal): its threads wake and exit
+    /// one by one, its memory is unmapped. Its open findings keep what they said while it ran
+    /// (a sample during the teardown would say "0 of 40 new threads parked") and only their
+    /// last time moves; they resolve once it is gone. True if it is ending.
+    fn hold(&mut self, model: &Model, pid: u32, born: u64, ts: u64) -> bool {
+        if model.ending_since(pid, born).is_none() {
+            return false;
+        }
+        for kind in ["runaway_threads", "memory_leak", "memory_bloat"] {
+            if let Some(&i) = self.open.get(&(kind, pid, born)) {
+                self.findings[i].last_ns = ts;
+            }
+        }
+        true
     }
 
     /// Marks an open finding resolved.
@@ -906,6 +926,135 @@ mod tests {
         assert_eq!(d.findings[0].state, "resolved");
         // Resolved at the first sample that no longer sees it.
         assert_eq!(d.findings[0].last_ns, 26 * SEC);
+    }
+
+    /// A leaker (pid 100) creating a thread a second for 20 s, each parked from its birth;
+    /// from 21 s `then(s)` gives its events. At 21 s its parked threads wake (as a group exit
+    /// wakes them). Returns the detectors and the first finding's parked count at each sample.
+    fn parked_leak_then(then: impl Fn(u64) -> Vec<Event>) -> (Detectors, Vec<serde_json::Value>) {
+        let mut seen = Vec::new();
+        // A rise of 5 in 10 s: the history up to 20 s still makes a runaway at 21 s.
+        let cfg = DetectConfig {
+            runaway_window_ns: 10 * SEC,
+            runaway_min_rise: 5,
+            ..Default::default()
+        };
+        let mut m = Model::new(100);
+        let mut d = Detectors::new(cfg);
+        for s in 1..=25u64 {
+            let evs = if s <= 20 {
+                vec![thread(s * SEC, 100, 1000 + s as u32)]
+            } else {
+                then(s)
+            };
+            for ev in evs {
+                m.apply(&ev);
+            }
+            if s <= 20 {
+                m.apply_wait_changes(&WaitChanges {
+                    blocked: vec![crate::tracefile::BlockedThread {
+                        tid: 1000 + s as u32,
+                        pid: 100,
+                        poll: false,
+                        since_ns: s * SEC,
+                    }],
+                    ..Default::default()
+                });
+            } else if s == 21 {
+                m.apply_wait_changes(&WaitChanges {
+                    woke: (1001..=1020).map(|t| (t, 100)).collect(),
+                    ..Default::default()
+                });
+            }
+            m.apply_waits(s * SEC, &[]);
+            d.sample(&m, s * SEC, 0);
+            seen.extend(
+                d.findings
+                    .first()
+                    .map(|f| f.evidence["new_threads_parked"].clone()),
+            );
+        }
+        (d, seen)
+    }
+
+    fn exit_group(ts: u64, pid: u32, tid: u32) -> Event {
+        Event::ExitCall(ExitCallEvent {
+            hdr: hdr(EventKind::ExitCall, ts, pid, tid),
+            code: 0,
+            group: 1,
+        })
+    }
+
+    #[test]
+    fn a_runaway_keeps_its_evidence_while_its_process_is_torn_down() {
+        // exit_group at 21 s wakes every thread; they exit at 22 s.
+        let (d, parked) = parked_leak_then(|s| match s {
+            21 => vec![exit_group(s * SEC, 100, 100)],
+            22 => (1001..=1020)
+                .map(|t| exit(s * SEC, 100, t, false))
+                .chain([exit(s * SEC, 100, 100, true)])
+                .collect(),
+            _ => vec![],
+        });
+        assert_eq!(kinds(&d), [("runaway_threads", "resolved")]);
+        let f = &d.findings[0];
+        // What it said at 20 s, the last sample before the teardown: the 11 threads born in
+        // its window (10 s to 20 s), all parked.
+        assert_eq!(f.evidence["new_threads_alive"], 11, "{f:#?}");
+        assert_eq!(f.evidence["new_threads_parked"], 11, "{f:#?}");
+        assert_eq!(f.evidence["live_end"], 21, "{f:#?}");
+        assert!(parked.iter().all(|p| p.as_u64() > Some(0)), "{parked:?}");
+        // Held at 21 s, resolved at 22 s, when it was gone.
+        assert_eq!(f.last_ns, 22 * SEC);
+    }
+
+    #[test]
+    fn a_fatal_signal_is_a_teardown_too_and_a_live_wake_is_not() {
+        // SIGKILL: the first thread's exit (status 9) comes with the wake-up.
+        let (d, _) = parked_leak_then(|s| {
+            let mut v: Vec<Event> = (s == 21)
+                .then(|| exit(s * SEC, 100, 1001, false))
+                .into_iter()
+                .collect();
+            if let Some(Event::TaskExit(e)) = v.first_mut() {
+                e.exit_code = 9;
+            }
+            v
+        });
+        assert_eq!(d.findings[0].evidence["new_threads_parked"], 11);
+        assert_eq!(d.findings[0].state, "active");
+        // The same wake-up in a process that goes on (and leaks a 21st thread): the evidence
+        // says so.
+        let (_, parked) = parked_leak_then(|s| {
+            (s == 21)
+                .then(|| thread(s * SEC, 100, 1021))
+                .into_iter()
+                .collect()
+        });
+        assert_eq!(parked.last(), Some(&serde_json::json!(0)), "{parked:?}");
+    }
+
+    #[test]
+    fn a_leak_keeps_its_growth_while_its_process_unmaps_at_exit() {
+        let d = drive_full(100, DetectConfig::default(), |s, _, _| {
+            let mut v = match s {
+                ..=90 => vec![rss(s * SEC, 100, RSS_ANON, (50 + 2 * s) * MIB)],
+                91 => vec![
+                    exit_group(s * SEC, 100, 100),
+                    rss(s * SEC, 100, RSS_ANON, 4 * MIB),
+                ],
+                _ => vec![],
+            };
+            if s == 1 {
+                v.insert(0, start(100));
+            }
+            (v, 0)
+        });
+        assert_eq!(kinds(&d), [("memory_leak", "active")]);
+        let f = &d.findings[0];
+        // Its RSS as of 90 s, the last sample before the teardown; held since.
+        assert_eq!(f.evidence["rss_end_bytes"], 230 * MIB, "{f:#?}");
+        assert_eq!(f.last_ns, 100 * SEC);
     }
 
     #[test]

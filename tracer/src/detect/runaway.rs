@@ -49,6 +49,9 @@ pub(super) fn run(d: &mut Detectors, model: &Model, ts: u64) {
     let window = d.cfg.runaway_window_ns;
     let keys: Vec<(u32, u64)> = d.history.keys().copied().collect();
     for (pid, born) in keys {
+        if d.hold(model, pid, born, ts) {
+            continue;
+        }
         let h = &d.history[&(pid, born)];
         let key = ("runaway_threads", pid, born);
         let w: Vec<Sample> = h.iter().copied().filter(|s| s.ts + window >= ts).collect();

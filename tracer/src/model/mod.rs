@@ -181,6 +181,10 @@ struct Process {
     /// its last known thread has exited, or (exits lost) at the first sample after
     /// [`DYING_GRACE_NS`].
     dying_since: Option<u64>,
+    /// Set when the process began to end: a thread called `exit_group`, died of a (fatal,
+    /// so group-wide) signal, or was the last of its group. Its threads are being torn down:
+    /// they wake and exit one by one, which is not what the process did while it ran.
+    ending_since: Option<u64>,
 }
 
 /// How long a dying process may wait for the exits of threads the model still counts.
@@ -535,6 +539,14 @@ impl Model {
     }
 
     /// The live process `pid`, if it is the one first seen at `born` (not a reuse of its pid).
+    /// When a live process began to end (see `Process::ending_since`); None while it runs.
+    pub fn ending_since(&self, pid: u32, born: u64) -> Option<u64> {
+        self.procs
+            .get(&pid)
+            .filter(|p| p.sum.first_seen_ns == born)
+            .and_then(|p| p.ending_since)
+    }
+
     pub fn live_process(&self, pid: u32, born: u64) -> Option<&ProcessSummary> {
         self.procs
             .get(&pid)
@@ -758,6 +770,12 @@ impl Model {
                     p.sum.threads_exited += 1;
                 }
                 p.sum.threads_live = p.threads.len() as u32;
+                // A death by signal is the whole group's (fatal signals kill the group; the
+                // threads an exit_group or exec kills exit with the group's code or 0).
+                let by_signal = e.exit_code > 0 && e.exit_code & 0x7f != 0;
+                if e.group_dead == GROUP_DEAD_YES || by_signal {
+                    p.ending_since.get_or_insert(ts);
+                }
                 if e.group_dead == GROUP_DEAD_YES && p.dying_since.is_none() {
                     p.dying_since = Some(ts);
                     // Wait-status form: low 7 bits the signal, else the code in bits 8-15.
@@ -797,6 +815,8 @@ impl Model {
                     .or_insert_with(|| Thread::new(h.tgid, ts));
                 main.rename(cstr(&e.comm));
                 p.sum.threads_live = p.threads.len() as u32;
+                // The killing of the other threads is over: the new program runs.
+                p.ending_since = None;
                 // A new program gets a new address space and break.
                 p.brk = None;
                 p.brk_start = None;
@@ -831,6 +851,9 @@ impl Model {
                 if e.group != 0 || h.tid == h.tgid {
                     p.exit_called = true;
                     p.sum.exit_code = Some(e.code);
+                }
+                if e.group != 0 {
+                    p.ending_since.get_or_insert(ts);
                 }
             }
             Event::FutexWait(e) => {
