@@ -142,11 +142,13 @@ fn top_gives_the_terminal_back_after_a_panic() {
     let s = Session(format!("tracer-test-top-panic-{}", std::process::id()));
     // The binary panics after its first screen (a switch only tests set); the shell then
     // shows the exit status and whether the line discipline is cooked again (`icanon`, not
-    // `-icanon` as raw mode leaves it).
+    // `-icanon` as raw mode leaves it). The trace it records is finished all the same.
+    let file = temp_path("top-panic.trc");
     let cmd = format!(
-        "RUST_BACKTRACE=0 TRACER_TEST_PANIC_IN_TOP=1 {} top --every 1 -d 30; echo EXITED $?; \
+        "RUST_BACKTRACE=0 TRACER_TEST_PANIC_IN_TOP=1 {} top --every 1 -d 30 -o {}; echo EXITED $?; \
          stty -a | tr ' ' '\\n' | grep -x -- '-\\?icanon'; sleep 60",
-        tracer_bin().display()
+        tracer_bin().display(),
+        file.display()
     );
     s.start(&cmd);
     let after = s.wait_for("EXITED 101", Duration::from_secs(40));
@@ -166,5 +168,20 @@ fn top_gives_the_terminal_back_after_a_panic() {
     assert!(
         mode.lines().any(|l| l == "icanon"),
         "raw mode left on after the panic:\n{mode}"
+    );
+    let r = read_report(&file);
+    assert_eq!(
+        r.end_reason.as_deref(),
+        Some("the live view panicked"),
+        "the trace is finished with its end record after the panic"
+    );
+    assert_eq!(r.truncated, None);
+    assert!(
+        r.host.events > 0,
+        "the trace holds the events before the panic"
+    );
+    assert!(
+        r.findings_match_live.is_some(),
+        "the live findings record is written after the panic"
     );
 }

@@ -798,6 +798,12 @@ enum Stop {
     Ended(&'static str),
     /// The traced command exited with this status.
     CommandExited(i32),
+    /// The sample callback panicked (a bug in the view): the file is finished, then the panic
+    /// goes on.
+    Panicked(Box<dyn std::any::Any + Send>),
+    /// The event loop failed: the file is finished as far as it can be, then the error is
+    /// returned.
+    Failed(anyhow::Error),
 }
 
 impl Stop {
@@ -808,6 +814,8 @@ impl Stop {
             Stop::Terminated => "terminated (SIGTERM)",
             Stop::Ended(why) => why,
             Stop::CommandExited(_) => "command exited",
+            Stop::Panicked(_) => "the live view panicked",
+            Stop::Failed(_) => "stopped by an error",
         }
     }
 }
@@ -819,7 +827,8 @@ pub type Next = std::ops::ControlFlow<&'static str>;
 /// Runs one tracing session until the duration ends, the command exits, or SIGINT/SIGTERM.
 /// `on_sample` is called with the model every `print_every` (the live view) and at the end; it
 /// breaks with a reason to stop the session (quit, output closed): the file is finished as
-/// usual.
+/// usual. If it panics, the file is finished too (reason "the live view panicked") before the
+/// panic goes on; an error in the loop likewise finishes the file before it is returned.
 pub async fn run(
     opts: SessionOptions,
     mut on_sample: impl FnMut(&Engine, Duration) -> Next,
@@ -894,43 +903,36 @@ pub async fn run(
     let started = Instant::now();
     let stop = s
         .event_loop(&opts, child_wait, started, &mut on_sample)
-        .await?;
-    // The exit of the command happened after all its events were submitted: one last drain
-    // gets them all.
-    s.drain()?;
-    s.sample()?;
-    // Names of cgroups still being looked up (a short run, or a process that just started).
-    let answers = s.resolver.settle(Duration::from_secs(2));
-    record_answers(&mut s.engine, &mut s.sink, answers)?;
-    for r in s.stacks.settle(Duration::from_secs(5)) {
-        s.record(Meta::Stack(r))?;
-    }
-    if s.stacks.dropped > 0 {
-        tracing::warn!(
-            "{} creator stacks were not unwound: the unwinder fell behind",
-            s.stacks.dropped
-        );
-    }
-    let stats = s.probes.stats().unwrap_or_default();
-    let findings = s.engine.detectors.findings.clone();
-    s.record(Meta::Findings {
-        ts_ns: monotonic_ns(),
-        findings,
-    })?;
+        .await
+        .unwrap_or_else(Stop::Failed);
+    let finished = s.finish(&stop);
+    let stop = match stop {
+        Stop::Panicked(payload) => {
+            if let Err(e) = finished {
+                tracing::error!("finishing the trace after the panic: {e:#}");
+            }
+            std::panic::resume_unwind(payload)
+        }
+        Stop::Failed(error) => {
+            if let Err(e) = finished {
+                tracing::error!("finishing the trace after the error: {e:#}");
+            }
+            return Err(error);
+        }
+        stop => {
+            finished?;
+            stop
+        }
+    };
     let exit_code = match stop {
         Stop::CommandExited(c) => Some(c),
         _ => None,
     };
-    s.record(Meta::End {
-        ts_ns: monotonic_ns(),
-        reason: stop.reason().to_owned(),
-        exit_code,
-    })?;
-    s.sink.flush()?;
     if !matches!(stop, Stop::Ended(_)) {
         // The last call's wish to stop is moot: the session is over anyway.
         let _ = on_sample(&s.engine, started.elapsed());
     }
+    let stats = s.probes.stats().unwrap_or_default();
     let lost =
         stats.get(Stat::Lost) + stats.get(Stat::WaitMapFull) + stats.get(Stat::FilterMapFull);
     let (events, bytes) = s
@@ -955,6 +957,44 @@ pub async fn run(
 }
 
 impl Session {
+    /// Ends the trace however the session stopped: the last events, cgroup names and stacks,
+    /// the findings and the end record, flushed. After an error or a panic it goes as far as
+    /// it can, so nothing already recorded is lost.
+    fn finish(&mut self, stop: &Stop) -> anyhow::Result<()> {
+        // The exit of the command happened after all its events were submitted: one last drain
+        // gets them all.
+        self.drain()?;
+        self.sample()?;
+        // Names of cgroups still being looked up (a short run, or a process that just started).
+        let answers = self.resolver.settle(Duration::from_secs(2));
+        record_answers(&mut self.engine, &mut self.sink, answers)?;
+        for r in self.stacks.settle(Duration::from_secs(5)) {
+            self.record(Meta::Stack(r))?;
+        }
+        if self.stacks.dropped > 0 {
+            tracing::warn!(
+                "{} creator stacks were not unwound: the unwinder fell behind",
+                self.stacks.dropped
+            );
+        }
+        let findings = self.engine.detectors.findings.clone();
+        self.record(Meta::Findings {
+            ts_ns: monotonic_ns(),
+            findings,
+        })?;
+        let exit_code = match stop {
+            Stop::CommandExited(c) => Some(*c),
+            _ => None,
+        };
+        self.record(Meta::End {
+            ts_ns: monotonic_ns(),
+            reason: stop.reason().to_owned(),
+            exit_code,
+        })?;
+        self.sink.flush()?;
+        Ok(())
+    }
+
     /// Drains and samples until a stop condition.
     async fn event_loop(
         &mut self,
@@ -993,8 +1033,15 @@ impl Session {
                 _ = drain_tick.tick() => self.drain()?,
                 _ = sample_tick.tick() => { self.drain()?; self.sample()?; }
                 _ = print_tick.tick(), if printing => {
-                    if let Next::Break(why) = on_sample(&self.engine, started.elapsed()) {
-                        return Ok(Stop::Ended(why));
+                    // A panic in the view must not lose the trace: it is caught here, the file
+                    // finished, and the panic resumed by `run`.
+                    let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        on_sample(&self.engine, started.elapsed())
+                    }));
+                    match next {
+                        Ok(Next::Break(why)) => return Ok(Stop::Ended(why)),
+                        Ok(Next::Continue(())) => {}
+                        Err(payload) => return Ok(Stop::Panicked(payload)),
                     }
                 }
                 _ = sigint.recv() => return Ok(Stop::Interrupted),
