@@ -818,6 +818,14 @@ impl Stop {
             Stop::Failed(_) => "stopped by an error",
         }
     }
+
+    /// The traced command's exit status, when its exit stopped the session.
+    fn exit_code(&self) -> Option<i32> {
+        match self {
+            Stop::CommandExited(c) => Some(*c),
+            _ => None,
+        }
+    }
 }
 
 /// What a sample callback wants next: go on, or end the session for the given reason (it
@@ -924,10 +932,7 @@ pub async fn run(
             stop
         }
     };
-    let exit_code = match stop {
-        Stop::CommandExited(c) => Some(c),
-        _ => None,
-    };
+    let exit_code = stop.exit_code();
     if !matches!(stop, Stop::Ended(_)) {
         // The last call's wish to stop is moot: the session is over anyway.
         let _ = on_sample(&s.engine, started.elapsed());
@@ -982,14 +987,10 @@ impl Session {
             ts_ns: monotonic_ns(),
             findings,
         })?;
-        let exit_code = match stop {
-            Stop::CommandExited(c) => Some(*c),
-            _ => None,
-        };
         self.record(Meta::End {
             ts_ns: monotonic_ns(),
             reason: stop.reason().to_owned(),
-            exit_code,
+            exit_code: stop.exit_code(),
         })?;
         self.sink.flush()?;
         Ok(())
